@@ -1,0 +1,68 @@
+"""UNet construction: tiny from a config dict, or SD-1.x via from_pretrained, with conv_in widening."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from diffusers import UNet2DConditionModel
+
+from refedit.backbone.loading import load_component
+
+
+def widen_conv_in(unet: UNet2DConditionModel, in_channels: int) -> UNet2DConditionModel:
+    """Grow conv_in to `in_channels`: pretrained weights stay in the first channels, new ones start at zero.
+
+    Zero-initialised extra channels make the widened UNet compute exactly what the pretrained one did,
+    so fine-tuning starts from the pretrained behaviour.
+    """
+    old = unet.conv_in
+    if in_channels == old.in_channels:
+        return unet
+    if in_channels < old.in_channels:
+        raise ValueError(f"cannot shrink conv_in from {old.in_channels} to {in_channels} channels")
+    new = torch.nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+                          device=old.weight.device, dtype=old.weight.dtype)
+    if old.weight.device.type != "meta":
+        with torch.no_grad():
+            new.weight.zero_()
+            new.weight[:, : old.in_channels] = old.weight
+            new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=in_channels)
+    return unet
+
+
+def build_unet(spec: Mapping[str, Any], *, in_channels: int | None = None, cross_attention_dim: int | None = None,
+               meta: bool = False) -> UNet2DConditionModel:
+    """Build the backbone UNet from `backbone.unet` and widen it to `in_channels` if asked.
+
+    Pretrained weights with fewer input channels are widened (zero init); a random init is built with the
+    right width directly. `cross_attention_dim` overrides the config only for a random init.
+    """
+    spec = dict(spec)
+    if spec.get("pretrained") and not meta:
+        unet = load_component(UNet2DConditionModel, spec, name="unet")
+    else:
+        cfg = dict(spec["config"])
+        if in_channels is not None:
+            cfg["in_channels"] = in_channels
+        if cross_attention_dim is not None:
+            cfg["cross_attention_dim"] = cross_attention_dim
+        unet = load_component(UNet2DConditionModel, {"config": cfg}, name="unet", meta=meta)
+    if in_channels is not None:
+        widen_conv_in(unet, in_channels)
+    return unet
+
+
+def transformer_blocks(unet: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """The BasicTransformerBlocks of a UNet in forward order (down, mid, up): the unit reference/detail
+    injection works on."""
+    from diffusers.models.attention import BasicTransformerBlock
+
+    return [(n, m) for n, m in unet.named_modules() if isinstance(m, BasicTransformerBlock)]
+
+
+def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,150 @@
+"""One edit from files:
+
+    python -m refedit.edit ckpt=<ckpt> source=img.png mask=mask.png [reference=ref.png] [caption="..."]
+        [coarse=collage.png valid=valid.png] [subject=cutout.png] out=result.png|clip.mp4|clip.gif
+        [seed=0] [steps=50] [guidance=5] [strength=1.0] [paste_back=true]
+
+Only the inputs the checkpoint's method needs are required. Masks: white (>= 128) = the region to edit.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from refedit.utils.cli import UsageError, parse_kv
+from refedit.utils.images import (
+    InputError,
+    image_to_tensor,
+    mask_to_tensor,
+    read_image,
+    resize_image,
+    resize_mask,
+    save_image,
+    to_unit,
+)
+
+IMAGE_KEYS = ("source", "reference", "coarse", "subject")
+MASK_KEYS = ("mask", "valid", "reference_mask")
+OPTIONS = ("ckpt", "out", "caption", "seed", "steps", "guidance", "strength", "paste_back", "eta", "depth",
+           *IMAGE_KEYS, *MASK_KEYS)
+CLIP_SUFFIXES = (".mp4", ".gif", ".webm", ".mov")
+
+
+def _bool(v: str, name: str) -> bool:
+    if v.lower() in ("1", "true", "yes", "on"):
+        return True
+    if v.lower() in ("0", "false", "no", "off"):
+        return False
+    raise InputError(f"{name}={v}: expected true or false")
+
+
+def load_inputs(args: dict[str, str], needed: tuple[str, ...], resolution: int) -> tuple[dict[str, Any], tuple]:
+    """Read, check and resize the files the method needs; returns the batch and the source's original size."""
+    batch: dict[str, Any] = {}
+    orig_hw = None
+    missing = [k for k in needed if k not in args and k not in ("video", "meta", "depth", "valid", "reference_mask")]
+    if missing:
+        raise UsageError(f"this method needs {', '.join(f'{k}=' for k in missing)}")
+    src_path = args.get("source")
+    if src_path and Path(src_path).suffix.lower() in CLIP_SUFFIXES:  # a clip to edit (video methods)
+        from refedit.utils.video import read_clip
+
+        if not Path(src_path).is_file():
+            raise InputError(f"source={src_path}: no such file")
+        try:
+            frames = read_clip(src_path)
+        except Exception as e:  # noqa: BLE001 - any decoder failure is a bad input file
+            raise InputError(f"source={src_path}: not a readable video ({type(e).__name__})") from e
+        clip = torch.stack([resize_image(image_to_tensor(f), resolution) for f in frames])
+        batch["video"] = clip[None]
+        orig_hw = frames.shape[1:3]
+    for key in IMAGE_KEYS:
+        if key in args and key not in batch and not (key == "source" and "video" in batch):
+            arr = read_image(args[key], name=key)
+            if key == "source":
+                orig_hw = arr.shape[:2]
+            batch[key] = resize_image(image_to_tensor(arr), resolution)[None]
+    for key in MASK_KEYS:
+        if key in args:
+            arr = read_image(args[key], name=key, mode="L")
+            ref_key = {"mask": "source", "valid": "coarse", "reference_mask": "reference"}[key]
+            if ref_key in args and ref_key in batch:
+                ref_hw = read_image(args[ref_key], name=ref_key).shape[:2]
+                if arr.shape[:2] != ref_hw:
+                    raise InputError(f"{key}={args[key]}: size {arr.shape[1]}x{arr.shape[0]} differs from "
+                                     f"{ref_key} {ref_hw[1]}x{ref_hw[0]}")
+            m = mask_to_tensor(arr)
+            if key == "mask" and m.sum() == 0:
+                raise InputError(f"mask={args[key]}: the mask is empty (all zero): nothing to edit "
+                                 f"(white = region to edit)")
+            batch[key] = resize_mask(m, resolution)[None]
+    if "coarse" in batch and "valid" not in batch:
+        batch["valid"] = torch.ones_like(batch["coarse"][:, :1])
+    if "caption" in args:
+        batch["caption"] = [args["caption"]]
+    elif "caption" in needed:
+        batch["caption"] = [""]
+    batch["meta"] = [{"id": Path(args.get("source", args.get("subject", "edit"))).stem}]
+    return batch, orig_hw
+
+
+def run_edit(args: dict[str, str]) -> Path:
+    from refedit.methods import load_method
+
+    if not Path(args["ckpt"]).is_file():
+        raise InputError(f"ckpt={args['ckpt']}: no such file")
+    model = load_method(args["ckpt"])
+    resolution = int(model.backbone_cfg["resolution"])
+    batch, orig_hw = load_inputs(args, tuple(model.sample_keys), resolution)
+    batch = model.prepare_edit_batch(batch) if hasattr(model, "prepare_edit_batch") else batch
+    g = torch.Generator().manual_seed(int(args.get("seed", 0)))
+    kw: dict[str, Any] = {"generator": g, "progress": True}
+    if "steps" in args:
+        kw["num_steps"] = int(args["steps"])
+    if "guidance" in args:
+        kw["guidance_scale"] = float(args["guidance"])
+    if "strength" in args:
+        kw["strength"] = float(args["strength"])
+    if "eta" in args:
+        kw["eta"] = float(args["eta"])
+    if "paste_back" in args:
+        kw["paste_back"] = _bool(args["paste_back"], "paste_back")
+    with torch.no_grad():
+        result = model.sample(batch, **kw)
+    out = Path(args["out"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if result.dim() == 5 or out.suffix.lower() in CLIP_SUFFIXES:
+        from refedit.utils.video import write_clip
+
+        if result.dim() != 5:
+            raise InputError(f"out={out}: method '{model.name}' produces an image, not a clip")
+        write_clip(to_unit(result[0]), out)
+    else:
+        img = result
+        if orig_hw is not None and tuple(orig_hw) != tuple(img.shape[-2:]):
+            img = torch.nn.functional.interpolate(img, size=tuple(orig_hw), mode="bicubic", align_corners=False)
+        save_image(to_unit(img[0]), out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_kv(sys.argv[1:] if argv is None else argv, required=("ckpt", "out"), optional=OPTIONS,
+                        prog="refedit.edit")
+        out = run_edit(args)
+    except (UsageError, InputError) as e:
+        print(f"refedit.edit: error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"refedit.edit: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""Hydra/OmegaConf glue: resolvers, and building methods, data and trainers from a composed config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+CONFIG_DIR = REPO_ROOT / "conf"
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("refedit.root"):
+        OmegaConf.register_new_resolver("refedit.root", lambda: os.environ.get("REFEDIT_ROOT", str(REPO_ROOT)))
+
+
+register_resolvers()
+
+
+def to_dict(cfg: DictConfig | dict) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+def build_method(method_cfg: DictConfig | dict, **overrides: Any):
+    """Instantiate a method from its config node: `_target_` names the class, the rest are its arguments."""
+    from hydra.utils import get_class
+
+    d = to_dict(method_cfg)
+    target = d.pop("_target_", None)
+    if not target:
+        raise ValueError("method config has no _target_ (choose one with method=<name>)")
+    d.update(overrides)
+    return get_class(target)(**d)
+
+
+def prepare_backbone(cfg: DictConfig) -> None:
+    """Build the cached toyworld foundations when the tiny backbone needs them and they are missing."""
+    bb = cfg.backbone
+    if bb.get("build_foundations") and bb.get("pretrained"):
+        from refedit.backbone.foundations import ensure_foundations
+
+        ensure_foundations(bb.pretrained)
+
+
+def compose(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:
+    """Compose the real configs outside a Hydra app (tests, notebooks), with the hydra node resolvable."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=overrides or [], return_hydra_config=True)
