@@ -42,8 +42,10 @@ def _bool(v: str, name: str) -> bool:
     raise InputError(f"{name}={v}: expected true or false")
 
 
-def load_inputs(args: dict[str, str], needed: tuple[str, ...], resolution: int) -> tuple[dict[str, Any], tuple]:
-    """Read, check and resize the files the method needs; returns the batch and the source's original size."""
+def load_inputs(args: dict[str, str], needed: tuple[str, ...],
+                resolution: int | None) -> tuple[dict[str, Any], tuple]:
+    """Read, check and resize the files the method needs; returns the batch and the source's original size.
+    `resolution=None` keeps images and masks at their own size (for methods that fit inputs themselves)."""
     batch: dict[str, Any] = {}
     orig_hw = None
     missing = [k for k in needed if k not in args and k not in ("video", "meta", "depth", "valid", "reference_mask")]
@@ -67,7 +69,8 @@ def load_inputs(args: dict[str, str], needed: tuple[str, ...], resolution: int) 
             arr = read_image(args[key], name=key)
             if key == "source":
                 orig_hw = arr.shape[:2]
-            batch[key] = resize_image(image_to_tensor(arr), resolution)[None]
+            img = image_to_tensor(arr)
+            batch[key] = (img if resolution is None else resize_image(img, resolution))[None]
     for key in MASK_KEYS:
         if key in args:
             arr = read_image(args[key], name=key, mode="L")
@@ -81,25 +84,30 @@ def load_inputs(args: dict[str, str], needed: tuple[str, ...], resolution: int) 
             if key == "mask" and m.sum() == 0:
                 raise InputError(f"mask={args[key]}: the mask is empty (all zero): nothing to edit "
                                  f"(white = region to edit)")
-            batch[key] = resize_mask(m, resolution)[None]
+            batch[key] = (m if resolution is None else resize_mask(m, resolution))[None]
     if "coarse" in batch and "valid" not in batch:
         batch["valid"] = torch.ones_like(batch["coarse"][:, :1])
     if "caption" in args:
         batch["caption"] = [args["caption"]]
     elif "caption" in needed:
         batch["caption"] = [""]
-    batch["meta"] = [{"id": Path(args.get("source", args.get("subject", "edit"))).stem}]
+    batch["meta"] = [{"id": Path(args.get("source", args.get("subject", "edit"))).stem,
+                      "files": {k: args[k] for k in (*IMAGE_KEYS, *MASK_KEYS) if k in args}}]
     return batch, orig_hw
 
 
-def run_edit(args: dict[str, str]) -> Path:
+def edit_result(args: dict[str, str]) -> tuple[torch.Tensor, Any, tuple | None]:
+    """Load the checkpoint and inputs and run the method: (result in [-1,1] before resizing and quantisation,
+    the model, the source's original size)."""
     from refedit.methods import load_method
 
     if not Path(args["ckpt"]).is_file():
         raise InputError(f"ckpt={args['ckpt']}: no such file")
     model = load_method(args["ckpt"])
     resolution = int(model.backbone_cfg["resolution"])
-    batch, orig_hw = load_inputs(args, tuple(model.sample_keys), resolution)
+    # a method with `edit_native_size = True` (MimicBrush: pad to square, crop back) fits the inputs itself
+    native = bool(getattr(model, "edit_native_size", False))
+    batch, orig_hw = load_inputs(args, tuple(model.sample_keys), None if native else resolution)
     batch = model.prepare_edit_batch(batch) if hasattr(model, "prepare_edit_batch") else batch
     g = torch.Generator().manual_seed(int(args.get("seed", 0)))
     kw: dict[str, Any] = {"generator": g, "progress": True}
@@ -115,6 +123,11 @@ def run_edit(args: dict[str, str]) -> Path:
         kw["paste_back"] = _bool(args["paste_back"], "paste_back")
     with torch.no_grad():
         result = model.sample(batch, **kw)
+    return result, model, orig_hw
+
+
+def run_edit(args: dict[str, str]) -> Path:
+    result, model, orig_hw = edit_result(args)
     out = Path(args["out"])
     out.parent.mkdir(parents=True, exist_ok=True)
     if result.dim() == 5 or out.suffix.lower() in CLIP_SUFFIXES:

@@ -29,9 +29,10 @@ class FrozenTextEncoder(_Frozen):
         self.model = model.requires_grad_(False).eval()
 
     @classmethod
-    def from_backbone(cls, backbone: Mapping[str, Any]) -> FrozenTextEncoder:
-        tok = load_component(CLIPTokenizer, backbone["tokenizer"], name="tokenizer")
-        model = load_component(CLIPTextModel, backbone["text_encoder"], name="text_encoder")
+    def from_backbone(cls, backbone: Mapping[str, Any], meta: bool = False) -> FrozenTextEncoder:
+        """`meta=True`: architecture only (no tokenizer files needed), for full-size checks without weights."""
+        tok = None if meta else load_component(CLIPTokenizer, backbone["tokenizer"], name="tokenizer")
+        model = load_component(CLIPTextModel, backbone["text_encoder"], name="text_encoder", meta=meta)
         return cls(tok, model)
 
     @property
@@ -59,9 +60,10 @@ class FrozenImageEncoder(_Frozen):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     @classmethod
-    def from_backbone(cls, backbone: Mapping[str, Any]) -> FrozenImageEncoder:
-        model = load_component(CLIPVisionModelWithProjection, backbone["image_encoder"], name="image_encoder")
-        return cls(model, *_processor_stats(backbone.get("feature_extractor")))
+    def from_backbone(cls, backbone: Mapping[str, Any], meta: bool = False) -> FrozenImageEncoder:
+        model = load_component(CLIPVisionModelWithProjection, backbone["image_encoder"], name="image_encoder",
+                               meta=meta)
+        return cls(model, *(() if meta else _processor_stats(backbone.get("feature_extractor"))))
 
     @property
     def image_size(self) -> int:

@@ -43,6 +43,7 @@ class FoundationsConfig:
     resolution: int = 64
     vae_steps: int = 700
     vae_batch: int = 16
+    vae_crop: int = 32          # trained on random crops (a conv VAE is size-agnostic): 4x cheaper than 64 px
     vae_lr: float = 2e-3
     clip_steps: int = 400
     clip_batch: int = 64
@@ -114,6 +115,9 @@ def _train_vae(frames: torch.Tensor, cfg: FoundationsConfig) -> tuple[Autoencode
     for _ in bar:
         idx = torch.randint(0, n_train, (cfg.vae_batch,), generator=g)
         x = frames[idx]
+        if cfg.vae_crop and cfg.vae_crop < x.shape[-1]:
+            oy, ox = (int(v) for v in torch.randint(0, x.shape[-1] - cfg.vae_crop + 1, (2,), generator=g))
+            x = x[..., oy:oy + cfg.vae_crop, ox:ox + cfg.vae_crop]
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample(g)).sample
         kl = post.kl().mean() / x[0].numel()

@@ -61,7 +61,9 @@ def transformer_blocks(unet: torch.nn.Module) -> list[tuple[str, torch.nn.Module
     injection works on."""
     from diffusers.models.attention import BasicTransformerBlock
 
-    return [(n, m) for n, m in unet.named_modules() if isinstance(m, BasicTransformerBlock)]
+    blocks = [(n, m) for n, m in unet.named_modules() if isinstance(m, BasicTransformerBlock)]
+    stage = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}  # diffusers registers up_blocks before mid_block
+    return sorted(blocks, key=lambda nm: stage.get(nm[0].split(".")[0], 3))  # stable: order within a stage kept
 
 
 def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:

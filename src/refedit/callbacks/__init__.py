@@ -1,3 +1,5 @@
+from refedit.callbacks.ema import EMA
 from refedit.callbacks.image_logger import ImageLogger
+from refedit.callbacks.preemption import PreemptionCheckpoint
 
-__all__ = ["ImageLogger"]
+__all__ = ["EMA", "ImageLogger", "PreemptionCheckpoint"]

@@ -32,12 +32,19 @@ class ImageLogger(L.Callback):
 
     @torch.no_grad()
     def log_now(self, trainer: L.Trainer, pl_module) -> dict[str, torch.Tensor]:
+        from refedit.callbacks.ema import EMA
+
         batch = to_device(self._fixed_batch(trainer), pl_module.device)
+        ema = next((cb for cb in trainer.callbacks if isinstance(cb, EMA) and cb.shadow), None)
         was_training = pl_module.training
         pl_module.eval()
+        if ema is not None:  # grids show the weights that evaluation and export will use
+            ema.swap_in(pl_module)
         try:
             images = pl_module.log_images(batch, n=self.num_images, num_steps=self.num_steps, seed=self.seed)
         finally:
+            if ema is not None:
+                ema.swap_out(pl_module)
             pl_module.train(was_training)
         step = trainer.global_step
         for lg in trainer.loggers:
@@ -67,9 +74,22 @@ def _log_to(logger, images: dict[str, torch.Tensor], step: int) -> None:
 
         payload = {"images/grid": wandb.Image(images["grid"].permute(1, 2, 0).numpy(),
                                               caption="source | mask | condition | result | target")}
-        if "video" in images:  # wandb.Video wants uint8 (T,C,H,W)
+        if "video" in images:  # GIF bytes encoded with Pillow: raw frames would need moviepy + imageio in wandb
             for i, clip in enumerate(images["video"][:2]):
-                payload[f"videos/sample{i}"] = wandb.Video((clip * 255).round().byte().numpy(), fps=4, format="gif")
+                payload[f"videos/sample{i}"] = wandb.Video(_gif_bytes(clip, fps=4), format="gif")
         logger.experiment.log({**payload, "trainer/global_step": step})
     elif hasattr(logger, "experiment") and hasattr(logger.experiment, "add_image"):
         logger.experiment.add_image("images/grid", images["grid"], step)
+
+
+def _gif_bytes(clip: torch.Tensor, fps: int = 4):
+    """(F,3,H,W) in [0,1] -> an in-memory looping GIF."""
+    import io
+
+    from PIL import Image
+
+    frames = [Image.fromarray(f) for f in (clip.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+    buf.seek(0)
+    return buf

@@ -49,10 +49,12 @@ class LatentEditModule(L.LightningModule):
     def __init__(self, backbone: Mapping[str, Any], optimizer: Mapping[str, Any] | None = None,
                  lr_scheduler: Mapping[str, Any] | None = None, sampling: Mapping[str, Any] | None = None,
                  cond_drop_prob: float = 0.1, skip_nonfinite: bool = False, meta: bool = False,
-                 name: str | None = None, task: str | None = None, **method_kwargs: Any):
+                 name: str | None = None, task: str | None = None, smoke: Mapping[str, Any] | None = None,
+                 **method_kwargs: Any):
         super().__init__()
         self.save_hyperparameters()
         self.task = task  # the toyworld task it trains on (data.task follows it)
+        # `smoke` is this method's budget under experiment=smoke (read by that preset, unused here)
         self.backbone_cfg = dict(backbone)
         self.meta = meta
         self.optimizer_cfg = dict(optimizer or {"_target_": "torch.optim.AdamW", "lr": 1e-4})

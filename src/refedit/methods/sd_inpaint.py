@@ -33,7 +33,7 @@ class SDInpaint(LatentEditModule):
             raise ValueError(f"method.mode must be 'inpaint' or 'sdedit', got {mode!r}")
         self.mode = mode
         self.full_mask_prob = float(full_mask_prob)
-        self.text_encoder = FrozenTextEncoder.from_backbone(self.backbone_cfg) if not self.meta else None
+        self.text_encoder = FrozenTextEncoder.from_backbone(self.backbone_cfg, meta=self.meta)
         self.unet = build_unet(self.backbone_cfg["unet"], in_channels=9, meta=self.meta)
         if self.backbone_cfg.get("gradient_checkpointing"):
             self.unet.enable_gradient_checkpointing()

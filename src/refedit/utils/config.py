@@ -40,9 +40,13 @@ def prepare_backbone(cfg: DictConfig) -> None:
     """Build the cached toyworld foundations when the tiny backbone needs them and they are missing."""
     bb = cfg.backbone
     if bb.get("build_foundations") and bb.get("pretrained"):
-        from refedit.backbone.foundations import ensure_foundations
+        prepare_backbone_dir(bb.pretrained)
 
-        ensure_foundations(bb.pretrained)
+
+def prepare_backbone_dir(path: str) -> None:
+    from refedit.backbone.foundations import ensure_foundations
+
+    ensure_foundations(path)
 
 
 def compose(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:

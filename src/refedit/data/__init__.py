@@ -1,0 +1,1 @@
+"""Data: the procedural toyworld, real-data loaders, task builders and the LightningDataModule."""

@@ -1,0 +1,203 @@
+"""File readers/writers shared by the real-data loaders.
+
+Readers return numpy arrays (uint8 RGB images, bool masks, float32 depth) and raise a
+:class:`~refedit.data.errors.DataError` naming the file when it is missing or cannot be decoded, so
+that the skip mechanism can count it. Conversions to the batch schema (float [-1, 1], masks {0, 1})
+live here too, so every loader produces the same tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from refedit.data.errors import AnnotationError, CorruptFileError, MissingFileError
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v")
+
+PathLike = str | os.PathLike
+
+
+def _require(path: PathLike) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise MissingFileError(p)
+    return p
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """RGB uint8 (H, W, 3); grey images are expanded, alpha dropped."""
+    p = _require(path)
+    img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+    if img is None or img.size == 0:
+        raise CorruptFileError(p, "OpenCV could not decode it")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_mask(path: PathLike) -> np.ndarray:
+    """Bool (H, W), True = edit. 8-bit masks use 255 = edit (threshold 127); 0/1 masks are accepted too."""
+    p = _require(path)
+    m = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+    if m is None or m.size == 0:
+        raise CorruptFileError(p, "OpenCV could not decode it")
+    if m.ndim == 3:
+        m = m[..., :3].max(axis=2)
+    if m.dtype == np.uint16:
+        return m > 32767
+    if m.dtype == np.bool_:
+        return m
+    return m > 0 if m.max() <= 1 else m > 127
+
+
+def read_label_map(path: PathLike) -> np.ndarray:
+    """Integer (H, W) map: an instance-id mask (0 = background) or a binary 0/255 mask (-> 0/1)."""
+    p = _require(path)
+    m = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+    if m is None or m.size == 0:
+        raise CorruptFileError(p, "OpenCV could not decode it")
+    if m.ndim == 3:
+        m = m[..., :3].max(axis=2)
+    m = m.astype(np.int32)
+    vals = np.unique(m)
+    if len(vals) <= 2 and vals.max() == 255:
+        m = (m > 127).astype(np.int32)
+    return m
+
+
+def read_depth(path: PathLike, scale: float = 1.0) -> np.ndarray:
+    """Float32 (H, W) depth: ``.npy`` as stored, 16-bit / 8-bit images multiplied by ``scale``."""
+    p = _require(path)
+    if p.suffix == ".npy":
+        try:
+            d = np.load(p).astype(np.float32)
+        except (ValueError, OSError, EOFError) as e:
+            raise CorruptFileError(p, str(e)) from e
+    else:
+        raw = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+        if raw is None:
+            raise CorruptFileError(p, "OpenCV could not decode it")
+        d = raw.astype(np.float32) * scale
+    if d.ndim == 3:
+        d = d[..., 0]
+    if d.ndim != 2 or not np.isfinite(d).all():
+        raise CorruptFileError(p, f"depth must be a finite (H, W) array, got shape {d.shape}")
+    return d
+
+
+def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
+    """One JSON object per line; blank lines ignored; the error names the file and line."""
+    p = _require(path)
+    rows: list[dict[str, Any]] = []
+    with open(p, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise AnnotationError(p, f"line {n}: {e.msg}") from e
+            if not isinstance(row, dict):
+                raise AnnotationError(p, f"line {n}: expected a JSON object")
+            rows.append(row)
+    return rows
+
+
+def read_json(path: PathLike) -> Any:
+    p = _require(path)
+    try:
+        with open(p, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise AnnotationError(p, f"line {e.lineno}: {e.msg}") from e
+
+
+def write_image(path: PathLike, image: np.ndarray) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write {path}")
+
+
+def write_mask(path: PathLike, mask: np.ndarray) -> None:
+    """Writes 255 = edit."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), (np.asarray(mask) > 0).astype(np.uint8) * 255):
+        raise OSError(f"could not write {path}")
+
+
+def write_video(path: PathLike, frames: Iterable[np.ndarray], fps: float = 24.0, *, crf: int = 12,
+                codec: str = "libx264", gop: int = 12) -> None:
+    """Encode RGB uint8 frames with PyAV (H.264 yuv420p by default; even sizes required)."""
+    from fractions import Fraction
+
+    import av
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as c:
+        stream = None
+        for fr in frames:
+            if stream is None:
+                stream = c.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+                stream.height, stream.width = fr.shape[:2]
+                stream.pix_fmt = "yuv420p"
+                if codec == "libx264":
+                    stream.options = {"crf": str(crf), "preset": "veryfast", "g": str(gop)}
+                elif codec.startswith("libvpx"):
+                    stream.options = {"crf": str(crf), "b:v": "0", "g": str(gop)}
+            for pkt in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(fr), format="rgb24")):
+                c.mux(pkt)
+        if stream is not None:
+            for pkt in stream.encode():
+                c.mux(pkt)
+
+
+def find_with_stem(folder: Path, stems: Sequence[str], exts: Sequence[str] = IMAGE_EXTS) -> Path | None:
+    """First existing ``folder/<stem><ext>``, trying stems in order (e.g. the authors' and plain names)."""
+    for stem in stems:
+        for ext in exts:
+            p = folder / f"{stem}{ext}"
+            if p.is_file():
+                return p
+    return None
+
+
+def list_files(folder: Path, exts: Sequence[str]) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts)
+
+
+# ---------------------------------------------------------------------------------------- tensors
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float32 (3, H, W) in [-1, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+    return t.div_(127.5).sub_(1.0)
+
+
+def video_to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (F, H, W, 3) -> float32 (F, 3, H, W) in [-1, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    return t.div_(127.5).sub_(1.0)
+
+
+def mask_to_tensor(mask: np.ndarray) -> torch.Tensor:
+    """bool/0-1 (H, W) -> float32 (1, H, W) in {0, 1}."""
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(mask) > 0)).float()[None]
+
+
+def depth_to_tensor(depth: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32)).clamp_min(0)[None]
+
+
+def tensor_to_image(t: torch.Tensor) -> np.ndarray:
+    """float (3, H, W) in [-1, 1] -> uint8 (H, W, 3)."""
+    x = ((t.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(1, 2, 0).cpu().numpy()
