@@ -243,11 +243,18 @@ def foundations_ready(path: str | os.PathLike) -> bool:
 
 def ensure_foundations(path: str | os.PathLike, cfg: FoundationsConfig | None = None) -> Path:
     """Return the cached foundations dir, building it first when missing (or of an older version)."""
+    from filelock import FileLock
+
     p = Path(os.path.expanduser(str(path)))
     if foundations_ready(p):
         return p
-    print(f"refedit: building the toyworld foundations (tiny VAE + CLIP) into {p} — once, about 2-3 min on 2 cores")
-    return build_foundations(p, cfg)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(p) + ".lock"):  # concurrent jobs (multirun, several users) build it once
+        if foundations_ready(p):
+            return p
+        print(f"refedit: building the toyworld foundations (tiny VAE + CLIP) into {p} — once, about 3 min "
+              f"on 2 cores", flush=True)
+        return build_foundations(p, cfg)
 
 
 def save_random_foundations(out_dir: str | os.PathLike, resolution: int = 64, seed: int = 0,
