@@ -103,6 +103,9 @@ def edit_result(args: dict[str, str]) -> tuple[torch.Tensor, Any, tuple | None]:
 
     if not Path(args["ckpt"]).is_file():
         raise InputError(f"ckpt={args['ckpt']}: no such file")
+    for key in (*IMAGE_KEYS, *MASK_KEYS):  # fail fast, before the checkpoint is loaded
+        if key in args and not Path(args[key]).exists():
+            raise InputError(f"{key}={args[key]}: no such file")
     model = load_method(args["ckpt"])
     resolution = int(model.backbone_cfg["resolution"])
     # a method with `edit_native_size = True` (MimicBrush: pad to square, crop back) fits the inputs itself
@@ -144,7 +147,19 @@ def run_edit(args: dict[str, str]) -> Path:
     return out
 
 
+def _quiet_libraries() -> None:
+    """Errors must be the only line on stderr: no weight-loading progress bars from transformers/diffusers."""
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
     try:
         args = parse_kv(sys.argv[1:] if argv is None else argv, required=("ckpt", "out"), optional=OPTIONS,
                         prog="refedit.edit")

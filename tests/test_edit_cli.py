@@ -1,0 +1,82 @@
+"""`python -m refedit.edit` on bad input: non-zero exit and a one-line error naming the problem."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def ckpt(random_parts, tmp_path_factory):
+    from refedit.train import train
+    from refedit.utils.config import compose
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = compose("train", [f"backbone.pretrained={random_parts}", "backbone.build_foundations=false",
+                            f"paths.output_dir={out}", "logger=none", "trainer.max_steps=1", "data.batch_size=2",
+                            "callbacks.image_logger.num_steps=1", "method.sampling.num_steps=2"])
+    return train(cfg)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(d / "src.png")
+    m = np.zeros((64, 64), np.uint8)
+    m[16:40, 16:40] = 255
+    Image.fromarray(m).save(d / "mask.png")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(d / "empty.png")
+    Image.fromarray(np.zeros((32, 48), np.uint8) + 255).save(d / "small_mask.png")
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def _edit(*args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "refedit.edit", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("missing", "source="),
+    ("size", "differs from source"),
+    ("empty", "mask is empty"),
+    ("not_image", "not a readable image"),
+])
+def test_bad_input_exits_with_one_line_error(ckpt, files, tmp_path, case, expect):
+    args = {"source": files / "src.png", "mask": files / "mask.png"}
+    if case == "missing":
+        args["source"] = files / "nope.png"
+    elif case == "size":
+        args["mask"] = files / "small_mask.png"
+    elif case == "empty":
+        args["mask"] = files / "empty.png"
+    else:
+        args["source"] = files / "notes.txt"
+    res = _edit(f"ckpt={ckpt}", *(f"{k}={v}" for k, v in args.items()), "caption=a red star",
+                f"out={tmp_path / 'out.png'}")
+    assert res.returncode != 0
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and expect in err[0], res.stderr
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_good_input_writes_the_edit(ckpt, files, tmp_path):
+    res = _edit(f"ckpt={ckpt}", f"source={files / 'src.png'}", f"mask={files / 'mask.png'}", "caption=a red star",
+                "steps=2", f"out={tmp_path / 'out.png'}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = np.asarray(Image.open(tmp_path / "out.png"))
+    assert out.shape == (64, 64, 3)
+
+
+def test_missing_checkpoint_and_unknown_option(files, tmp_path):
+    res = _edit(f"ckpt={tmp_path / 'none.ckpt'}", f"source={files / 'src.png'}", f"out={tmp_path / 'o.png'}")
+    assert res.returncode != 0 and "ckpt=" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    res = _edit("ckpt=x", "out=y", "colour=red")
+    assert res.returncode != 0 and "unknown option 'colour'" in res.stderr
