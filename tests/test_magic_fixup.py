@@ -1,0 +1,376 @@
+"""Magic Fixup: detail cross-attention init, no text/CLIP, conditioning, gradients, sampling start, collage helpers,
+the masked-PSNR pipeline and the full-size SD-1.4 architecture on the meta device."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_backbone
+from refedit.methods.magic_fixup import (
+    DetailCrossAttnProcessor,
+    MagicFixup,
+    ObjectMove,
+    coarse_from_moves,
+    fill_holes,
+    null_context,
+    valid_from_black,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _batch(n=2, size=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    valid = torch.ones(n, 1, size, size)
+    valid[:, :, 20:36, 8:24] = 0
+    mask = torch.zeros(n, 1, size, size)
+    mask[:, :, 16:48, 8:48] = 1
+    src = torch.rand(n, 3, size, size, generator=g) * 2 - 1
+    return {"source": src, "reference": src.clone(), "coarse": torch.rand(n, 3, size, size, generator=g) * 2 - 1,
+            "valid": valid, "mask": mask, "target": torch.rand(n, 3, size, size, generator=g) * 2 - 1}
+
+
+def _make(random_parts, **kw):
+    torch.manual_seed(0)
+    m = MagicFixup(backbone=tiny_backbone(random_parts, **kw), name="magic_fixup", cond_drop_prob=0.2)
+    with torch.no_grad():  # random weights in the widened channels so coarse/mask/clean-reference inputs matter
+        for u in (m.synthesizer, m.extractor):
+            u.conv_in.weight[:, 4:].normal_(0, 0.05)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def model(random_parts):
+    return _make(random_parts)
+
+
+def _fixed_conds(model, batch, seed=0):
+    cond, uncond = model.conditions(batch, train=False, generator=torch.Generator().manual_seed(seed))
+    return cond, uncond
+
+
+def test_detail_cross_attention_starts_as_self_attention(model):
+    procs = model.detail_processors()
+    assert len(procs) == len(model.detail_block_names) == 7  # tiny: 2 down, 1 mid, 4 up blocks
+    h = torch.randn(2, 16, model.synthesizer.config.block_out_channels[0])
+    for name, proc in procs.items():
+        assert isinstance(proc, DetailCrossAttnProcessor)
+        attn1 = model.synthesizer.get_submodule(f"{name}.attn1")
+        for part in ("to_q", "to_k", "to_v"):
+            new, old = getattr(proc, part), getattr(attn1, part)
+            assert torch.equal(new.weight, old.weight) and new.weight.data_ptr() != old.weight.data_ptr()
+        assert torch.equal(proc.to_out[0].weight, attn1.to_out[0].weight)
+        assert torch.equal(proc.to_out[0].bias, attn1.to_out[0].bias)
+    # functionally: attending to a feature equal to the query is exactly the block's self-attention
+    name = model.detail_block_names[0]
+    attn1 = model.synthesizer.get_submodule(f"{name}.attn1")
+    attn2 = model.synthesizer.get_submodule(f"{name}.attn2")
+    proc = procs[name]
+    proc.bank.write(name, h)
+    with torch.no_grad():
+        assert torch.allclose(proc(attn2, h), attn1(h), atol=1e-5)
+    proc.bank.clear()
+
+
+def test_no_text_encoder_and_no_clip_parameters(model):
+    from transformers import CLIPTextModel, CLIPVisionModel, CLIPVisionModelWithProjection
+
+    clip = (CLIPTextModel, CLIPVisionModel, CLIPVisionModelWithProjection)
+    assert not any(isinstance(mod, clip) for mod in model.modules())
+    assert not hasattr(model, "text_encoder") and not hasattr(model, "image_encoder")
+    names = [n for n, _ in model.named_parameters()]
+    assert not [n for n in names if any(s in n.lower() for s in ("clip", "text_encoder", "image_encoder"))]
+    # the text cross-attention projections are gone; only the detail processors' own remain in attn2
+    assert not [n for n in names if ".attn2." in n and ".attn2.processor." not in n]
+    assert all(".extractor." not in f".{n}" or ".attn2." not in n for n in names)
+    for _, blk in [(n, m) for n, m in model.extractor.named_modules() if hasattr(m, "attn1")]:
+        assert blk.attn2 is None and blk.norm2 is None
+    assert {n.split(".")[0] for n in names} == {"codec", "synthesizer", "extractor"}
+    # nothing reads encoder_hidden_states: random context == zero context
+    b = _batch(n=1)
+    cond, _ = _fixed_conds(model, b)
+    z = torch.randn(1, 4, 16, 16)
+    t = torch.tensor(500)
+    with torch.no_grad():
+        ref = model.denoise(z, t, cond)
+        syn_in = torch.cat([z, cond["concat"]], 1)
+        ctx = null_context(1, model.synthesizer, z)
+        a = model.synthesizer(syn_in, t, encoder_hidden_states=ctx).sample
+        b2 = model.synthesizer(syn_in, t, encoder_hidden_states=torch.randn_like(ctx) * 10).sample
+    assert torch.equal(a, b2) and torch.equal(a, ref)
+
+
+def test_reference_changes_output(model):
+    b = _batch(n=1)
+    z = torch.randn(1, 4, 16, 16)
+    t = torch.tensor(400)
+    other = dict(b, reference=torch.flip(b["reference"], dims=[-1]))
+    with torch.no_grad():
+        a = model.denoise(z, t, _fixed_conds(model, b)[0])
+        c = model.denoise(z, t, _fixed_conds(model, other)[0])
+    assert (a - c).abs().mean() > 1e-4
+    s1 = model.sample(b, num_steps=3, generator=torch.Generator().manual_seed(1))
+    s2 = model.sample(other, num_steps=3, generator=torch.Generator().manual_seed(1))
+    assert (s1 - s2).abs().mean() > 1e-4
+
+
+def test_dropped_conditions_ignore_coarse_and_mask(model):
+    b1 = _batch(n=2, seed=0)
+    b2 = dict(b1, coarse=torch.rand_like(b1["coarse"]) * 2 - 1, valid=torch.ones_like(b1["valid"]))
+    z = torch.randn(2, 4, 16, 16)
+    t = torch.tensor([100, 700])
+
+    def out(batch, p):
+        model.cond_drop_prob = p
+        try:
+            torch.manual_seed(3)  # same reference noise for both batches
+            cond, uncond = model.conditions(batch, train=True)
+        finally:
+            model.cond_drop_prob = 0.2
+        assert uncond is None
+        with torch.no_grad():
+            return model.denoise(z, t, cond)
+
+    assert torch.equal(out(b1, 1.0), out(b2, 1.0))
+    assert (out(b1, 0.0) - out(b2, 0.0)).abs().mean() > 1e-4
+    # the unconditional branch of sampling is the dropped one
+    cond, uncond = _fixed_conds(model, b1)
+    assert torch.all(uncond["concat"] == 0) and torch.equal(uncond["ref"], cond["ref"])
+
+
+def test_condition_dropout_rate_is_per_sample(model):
+    torch.manual_seed(0)
+    b = _batch(n=1, size=32)
+    b = {k: v.expand(64, *v.shape[1:]) for k, v in b.items()}
+    cond, _ = model.conditions(b, train=True)
+    dropped = (cond["concat"].flatten(1).abs().sum(1) == 0).float().mean().item()
+    assert 0.05 < dropped < 0.4
+
+
+def _grads(m, batch):
+    m.train()
+    m.zero_grad()
+    torch.manual_seed(5)
+    loss = m.diffusion_loss(batch)
+    loss.backward()
+    m.eval()
+    return {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+
+@pytest.fixture(scope="module")
+def trained_grads(random_parts):
+    m = _make(random_parts)
+    return m, _grads(m, _batch(n=1, size=32))
+
+
+def test_gradients_reach_both_unets_and_cross_attentions(trained_grads):
+    m, grads = trained_grads
+    trainable = {id(p) for p in m.trainable_parameters()}
+    names = dict(m.named_parameters())
+    # exactly the trainable parameters get gradients, all of them
+    assert set(grads) == {n for n, p in names.items() if id(p) in trainable}
+    assert not any(n.startswith("codec.") for n in grads)
+    ext = [g for n, g in grads.items() if n.startswith("extractor.")]
+    assert ext and sum(g.abs().sum() for g in ext) > 0
+    for name in m.detail_block_names:
+        key = f"synthesizer.{name}.attn2.processor.to_k.weight"
+        assert grads[key].abs().sum() > 0, key
+    assert grads["extractor.conv_in.weight"].abs().sum() > 0
+    # only the extractor's tail after its last captured block (and its output layers) is left out
+    dead = {n for n in names if n not in grads and not n.startswith("codec.")}
+    assert dead and all(n.startswith("extractor.") for n in dead)
+    assert "extractor.conv_out.weight" in dead
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(trained_grads, random_parts):
+    """Checkpointed synthesizer blocks re-read the feature bank in backward: the bank must still hold the
+    extractor's features (it is cleared before a pass, not after)."""
+    m, grads = trained_grads
+    mc = _make(random_parts, **{"backbone.gradient_checkpointing": True})
+    assert mc.synthesizer.is_gradient_checkpointing and mc.extractor.is_gradient_checkpointing
+    mc.load_state_dict(m.state_dict())
+    grads_c = _grads(mc, _batch(n=1, size=32))
+    assert set(grads_c) == set(grads)
+    for n in grads:
+        assert torch.allclose(grads[n], grads_c[n], atol=1e-5, rtol=1e-4), n
+
+
+def test_checkpoint_roundtrip_keeps_detail_processors(model, random_parts):
+    sd = model.state_dict()
+    keys = [k for k in sd if ".attn2.processor." in k]
+    assert len(keys) == 7 * 5  # to_q, to_k, to_v (no bias), to_out.0 weight + bias
+    m2 = MagicFixup(backbone=tiny_backbone(random_parts), name="magic_fixup")
+    m2.load_state_dict(sd)
+    p1 = model.detail_processors()[model.detail_block_names[-1]]
+    p2 = m2.detail_processors()[model.detail_block_names[-1]]
+    assert torch.equal(p1.to_v.weight, p2.to_v.weight)
+
+
+def test_schedule_and_sampling_start(model):
+    assert model.schedule.train_scheduler.alphas_cumprod[-1] == 0  # zero terminal SNR
+    sched = model.schedule.ddim()
+    sched.set_timesteps(50)
+    assert int(sched.timesteps[0]) == 981 and int(sched.timesteps[-1]) == 1
+    b = _batch(n=1)
+    from refedit.backbone.sampler import sdedit_timesteps
+
+    ts = sdedit_timesteps(sched, 50, 1.0)
+    noise = torch.randn(1, 4, 16, 16)
+    z = model.prepare_start(noise.clone(), b, sched, ts, None)
+    want = sched.add_noise(model.coarse_latents(b), noise, ts[:1])
+    assert torch.allclose(z, want)
+    assert not torch.allclose(z, noise)
+    # a truncated schedule (start_strength < 1) is already started from the coarse latent by the base
+    ts_half = sdedit_timesteps(sched, 50, 0.5)
+    assert torch.equal(model.prepare_start(noise, b, sched, ts_half, None), noise)
+    out = model.sample(b, num_steps=2, strength=0.5, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (1, 3, 64, 64) and torch.isfinite(out).all()
+
+
+def test_fill_holes_inpaints_only_near_holes():
+    y, x = torch.meshgrid(torch.linspace(-0.8, 0.8, 64), torch.linspace(-0.8, 0.8, 64), indexing="ij")
+    img = torch.stack([x, y, (x + y) / 2])[None]
+    valid = torch.ones(1, 1, 64, 64)
+    valid[:, :, 24:40, 24:40] = 0
+    holed = torch.where(valid > 0, img, torch.zeros_like(img) - 1)
+    out = fill_holes(holed, valid, radius=3, dilation=7)
+    far = torch.ones(64, 64, dtype=torch.bool)
+    far[21:43, 21:43] = False  # outside the 7x7-dilated hole nothing changes
+    assert torch.equal(out[0][:, far], holed[0][:, far])
+    hole = valid[0, 0] == 0
+    err_filled = (out[0][:, hole] - img[0][:, hole]).abs().mean()
+    assert err_filled < 0.1 < (holed[0][:, hole] - img[0][:, hole]).abs().mean()
+    assert torch.equal(fill_holes(img, torch.ones(1, 1, 64, 64)), img)
+
+
+def test_coarse_from_moves_and_black_holes():
+    img = np.full((64, 64, 3), 100, np.uint8)
+    img[10:20, 10:20] = (250, 20, 20)
+    obj = np.zeros((64, 64), bool)
+    obj[10:20, 10:20] = True
+    coarse, valid = coarse_from_moves(img, [ObjectMove(obj, dx=30, dy=5)])
+    assert coarse.shape == (3, 64, 64) and valid.shape == (1, 64, 64)
+    red = torch.tensor([250, 20, 20]) / 127.5 - 1
+    assert torch.allclose(coarse[:, 17, 42], red, atol=1e-5)  # moved object at its new place
+    assert valid[0, 17, 42] == 1 and valid[0, 12, 12] == 0  # vacated region is a hole
+    assert torch.all(coarse[:, valid[0] == 0] == -1)
+    assert valid[0, 40, 40] == 1 and torch.allclose(coarse[:, 40, 40], torch.full((3,), 100 / 127.5 - 1))
+    # scaling about the centroid grows the object
+    _, v2 = coarse_from_moves(img, [ObjectMove(obj, dx=30, scale=2.0)])
+    c2, _ = coarse_from_moves(img, [ObjectMove(obj, dx=30, scale=2.0)])
+    assert ((c2[0] > 0.9) & (v2[0] > 0)).sum() > 3 * obj.sum()
+    # holes of a collage without a valid file: pure black pixels
+    assert torch.equal(valid_from_black(coarse[None])[0], valid)
+    with pytest.raises(ValueError, match="shape"):
+        coarse_from_moves(img, [ObjectMove(obj[:32])])
+
+
+def test_prepare_edit_batch_and_edit_moves(model):
+    b = _batch(n=1)
+    c = b["coarse"].clone()
+    c[:, :, :8, :8] = -1
+    out = model.prepare_edit_batch({"source": b["source"], "coarse": c, "valid": torch.ones(1, 1, 64, 64)})
+    assert out["valid"][0, 0, :8, :8].sum() == 0 and out["valid"].sum() == 64 * 64 - 64
+    given = torch.ones(1, 1, 64, 64)
+    given[..., 30:, 30:] = 0
+    assert torch.equal(model.prepare_edit_batch({"coarse": c, "valid": given})["valid"], given)
+    obj = np.zeros((64, 64), bool)
+    obj[10:20, 10:20] = True
+    res = model.edit_moves(b["source"][0], [ObjectMove(obj, dx=8)], num_steps=2,
+                           generator=torch.Generator().manual_seed(0))
+    assert res.shape == (3, 64, 64) and torch.isfinite(res).all()
+
+
+def _psnr_script():
+    spec = importlib.util.spec_from_file_location("magic_fixup_smoke_psnr",
+                                                  ROOT / "experiments" / "magic_fixup_smoke_psnr.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_masked_psnr_pipeline(model):
+    mod = _psnr_script()
+    t = torch.zeros(2, 3, 8, 8)
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[:, :, :4] = 1
+    p = t.clone()
+    p[0, :, :4] += 0.2  # 0.1 in [0,1] inside the mask -> 20 dB
+    p[1, :, 4:] += 1.0  # outside the mask only: ignored
+    v = mod.masked_psnr(p, t, mask)
+    assert abs(v[0].item() - 20.0) < 1e-3 and v[1].item() > 90
+    from refedit.data.toyworld import ToyWorldDataset
+
+    ds = ToyWorldDataset("coarse_edit", split="benchmark", length=2)
+    res = mod.evaluate(model, ds, batch_size=2, num_steps=2)
+    assert set(res) == {"coarse", "coarse_filled", "vae_target", "fixup"}
+    assert all(np.isfinite(list(res.values())))
+    assert res["coarse_filled"] > res["coarse"]  # inpainted holes are closer to the target than grey holes
+
+
+def test_full_size_sd14_on_meta():
+    from refedit.utils.config import build_method, compose
+
+    cfg = compose("train", ["experiment=magic_fixup_sd14"])
+    assert cfg.backbone.name == "sd14" and cfg.backbone.resolution == 512 and cfg.backbone.gradient_checkpointing
+    assert cfg.trainer.devices == 8 and cfg.trainer.accelerator == "gpu" and cfg.data.batch_size == 4
+    from hydra.utils import instantiate
+
+    strategy = instantiate(cfg.trainer.strategy, _convert_="all")
+    assert "SHARD_GRAD_OP" in str(strategy.sharding_strategy)
+    m = build_method(cfg.method, meta=True)
+    assert isinstance(m, MagicFixup)
+    assert m.synthesizer.config.in_channels == 9 and m.extractor.config.in_channels == 9
+    assert len(m.detail_block_names) == 16  # 6 down, 1 mid, 9 up
+    n_syn = sum(p.numel() for p in m.synthesizer.parameters())
+    n_ext = sum(p.numel() for p in m.extractor.parameters())
+    n_proc = sum(p.numel() for pr in m.detail_processors().values() for p in pr.parameters())
+    n_train = sum(p.numel() for p in m.trainable_parameters())
+    print(f"\nmagic_fixup sd14: synthesizer {n_syn / 1e6:.2f}M (detail cross-attn {n_proc / 1e6:.2f}M), "
+          f"extractor {n_ext / 1e6:.2f}M, trainable {n_train / 1e6:.2f}M")
+    assert abs(n_proc - 49.574e6) / 49.574e6 < 1e-3, n_proc
+    assert abs(n_syn - 865.147e6) / 865.147e6 < 1e-3, n_syn
+    assert abs(n_ext - 815.548e6) / 815.548e6 < 1e-3, n_ext
+    assert n_syn + n_ext - 2e6 < n_train < n_syn + n_ext
+
+
+def test_toyworld_video_mix_data_config(tmp_path):
+    """The mixed data config yields batches with every key the method trains on, from both sources."""
+    from hydra.utils import instantiate
+
+    from refedit.batch import validate_sample
+    from refedit.data.synthetic import write_video_folder
+    from refedit.utils.config import compose
+
+    root = write_video_folder(tmp_path / "videos", videos=2, size=(128, 128), frames=48)
+    cfg = compose("train", ["method=magic_fixup", "data=toyworld_video_mix", f"data.root={root}",
+                            "data.toyworld_length=3", "data.samples_per_video=2", "data.batch_size=7"])
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.setup()
+    assert len(dm.train_set) == 7
+    batch = dm.train_set.datasets[1][0]
+    validate_sample({k: v for k, v in batch.items() if k != "meta"})
+    assert batch["meta"]["motion"] in ("flow", "piecewise_affine")
+    b = next(iter(dm.train_dataloader()))
+    assert set(MagicFixup.train_keys) <= set(b) and b["coarse"].shape == (7, 3, 64, 64)
+    assert {m.get("task", "video") for m in b["meta"]} == {"coarse_edit", "video"}
+
+
+def test_detail_blocks_subset_and_trainable_set_trace(random_parts):
+    """detail_blocks=[down]: only the down blocks get a detail cross-attention, the synthesizer's other blocks have no
+    cross-attention at all, and the extractor's mid/up path is left out of training. The trainable set found on
+    the width-scaled twin is exactly the set that real gradients reach."""
+    torch.manual_seed(0)
+    m = MagicFixup(backbone=tiny_backbone(random_parts), name="magic_fixup", detail_blocks=["down"])
+    assert m.detail_block_names == ["down_blocks.0.attentions.0.transformer_blocks.0",
+                                    "down_blocks.1.attentions.0.transformer_blocks.0"]
+    assert m.synthesizer.get_submodule("mid_block.attentions.0.transformer_blocks.0").attn2 is None
+    assert not any(n.startswith(("extractor.mid_block.", "extractor.up_blocks.")) for n in m.live_parameter_names)
+    assert any(n.startswith("synthesizer.up_blocks.") for n in m.live_parameter_names)
+    grads = _grads(m, _batch(n=1, size=32))
+    assert set(grads) == set(m.live_parameter_names)
