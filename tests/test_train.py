@@ -104,3 +104,18 @@ def test_multirun_gives_separate_runs(random_parts, tmp_path):
         run_ids.add(runs[0].name.rsplit("-", 1)[-1])
     assert len(run_ids) == 2
     assert [line for line in res.stdout.splitlines() if line.startswith("checkpoint: ")].__len__() == 2
+
+
+def test_checkpoint_of_another_vae_is_refused(random_parts, tmp_path):
+    """The frozen VAE is not stored in checkpoints: loading against a different VAE must fail, not decode wrongly."""
+    from refedit.methods import load_method
+    from refedit.train import train
+    from refedit.utils.checkpoint import CheckpointError
+
+    path = train(_cfg(random_parts, tmp_path))
+    ckpt = torch.load(path, weights_only=False)
+    assert ckpt["refedit_codec"]["scaling_factor"] > 0
+    ckpt["refedit_codec"]["scaling_factor"] *= 2  # as if the foundations had been rebuilt since
+    torch.save(ckpt, tmp_path / "other_vae.ckpt")
+    with pytest.raises(CheckpointError, match="another VAE"):
+        load_method(tmp_path / "other_vae.ckpt")

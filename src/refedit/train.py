@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
+import warnings
 from pathlib import Path
 
 import hydra
 import lightning as L
+from lightning.pytorch.callbacks import Checkpoint
 from omegaconf import DictConfig, OmegaConf
 
 from refedit.utils.config import CONFIG_DIR, build_method, prepare_backbone, to_dict
@@ -31,42 +34,85 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
 def _stored_wandb_id(ckpt_path: str) -> str | None:
     from refedit.utils.checkpoint import read_checkpoint
 
-    return read_checkpoint(ckpt_path).get("wandb_run_id")
+    return read_checkpoint(ckpt_path, mmap=True).get("wandb_run_id")
+
+
+def _slurm_requeue_checkpoint(output_dir: Path) -> str | None:
+    """The hpc_ckpt_<n>.ckpt Lightning resumes from by itself in a requeued SLURM job (ckpt_path unset)."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if not SLURMEnvironment.detect():
+        return None
+    found = sorted(output_dir.glob("hpc_ckpt_*.ckpt"), key=lambda p: int(p.stem.rpartition("_")[2] or 0))
+    return str(found[-1]) if found else None
+
+
+class FinalCheckpoint(Checkpoint):
+    """Writes final.ckpt when training ends, inside the training process(es): after `fit` returns, a ddp_spawn
+    parent holds only the weights (no step, optimiser, EMA or RNG state), and every rank must join a save."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.written = False
+
+    def on_train_end(self, trainer, pl_module):
+        trainer.save_checkpoint(self.path)
+        self.written = True
 
 
 @task_wrapper
 def train(cfg: DictConfig) -> str:
     from hydra.utils import instantiate
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
     from omegaconf import open_dict
 
+    from refedit.callbacks.preemption import PreemptionCheckpoint
     from refedit.utils.checkpoint_io import AtomicCheckpointIO
 
+    # the DataModule resumes its sampler itself (state_dict), which Lightning's check for a stateful loader misses
+    warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch")
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     prepare_backbone(cfg)
     datamodule = instantiate(cfg.data, _recursive_=False, _convert_="all")
     model = build_method(cfg.method, skip_nonfinite=bool(cfg.trainer.get("skip_nonfinite", False)))
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
-    if ckpt_path and cfg.get("logger") and cfg.logger.get("wandb"):
-        run_id = _stored_wandb_id(ckpt_path)
+    resume_from = ckpt_path or _slurm_requeue_checkpoint(output_dir)
+    if resume_from and cfg.get("logger") and cfg.logger.get("wandb"):
+        run_id = _stored_wandb_id(resume_from)
         if run_id:  # a resumed run continues the same W&B run
             with open_dict(cfg):
                 cfg.logger.wandb.id = run_id
                 cfg.logger.wandb.resume = "allow"
     loggers = instantiate_dict(cfg.get("logger"))
-    callbacks = instantiate_dict(cfg.get("callbacks"))
+    final = output_dir / "checkpoints" / "final.ckpt"
+    final_cb = FinalCheckpoint(final)
+    callbacks = [*instantiate_dict(cfg.get("callbacks")), final_cb]
+    if not loggers:  # logger=none: nothing to monitor the learning rate into
+        from lightning.pytorch.callbacks import LearningRateMonitor
+
+        callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
     trainer_cfg = {k: v for k, v in to_dict(cfg.trainer).items() if k != "skip_nonfinite"}
+    method_id = f"{type(model).__module__}.{type(model).__qualname__}"
     trainer: L.Trainer = instantiate(trainer_cfg, logger=loggers or False, callbacks=callbacks,
-                                     plugins=[AtomicCheckpointIO()], _convert_="all")
+                                     plugins=[AtomicCheckpointIO(expect_method=method_id)], _convert_="all")
     composed = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
                 for k in cfg if k != "hydra"}
     for lg in loggers:
         lg.log_hyperparams(composed)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    if trainer.received_sigterm or trainer.interrupted:
-        raise SystemExit(f"training stopped early at step {trainer.global_step}; resume with ckpt_path=last")
-    final = output_dir / "checkpoints" / "final.ckpt"
-    trainer.save_checkpoint(final)
+    started = time.time()
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:  # Lightning's own exit on SIGTERM carries no message and exit status 0
+        pass
+    preempted = [cb.preempted for cb in trainer.callbacks if isinstance(cb, PreemptionCheckpoint) and cb.preempted]
+    if trainer.received_sigterm or trainer.interrupted or preempted:
+        why = preempted[0] if preempted else ("SIGTERM" if trainer.received_sigterm else "interrupted")
+        raise SystemExit(f"training stopped early ({why}) at step {trainer.global_step}; resume with "
+                         f"hydra.run.dir={output_dir} ckpt_path=last")
+    spawned_wrote = final.is_file() and final.stat().st_mtime >= started  # written in ddp_spawn workers
+    if not final_cb.written and not spawned_wrote:  # e.g. resumed at max_steps: no training ran
+        trainer.save_checkpoint(final)
     log.info("checkpoint: %s", final)
     print(f"checkpoint: {final}", flush=True)
     return str(final)

@@ -1,5 +1,6 @@
 from refedit.callbacks.ema import EMA
 from refedit.callbacks.image_logger import ImageLogger
 from refedit.callbacks.preemption import PreemptionCheckpoint
+from refedit.callbacks.rng import RNGState
 
-__all__ = ["EMA", "ImageLogger", "PreemptionCheckpoint"]
+__all__ = ["EMA", "ImageLogger", "PreemptionCheckpoint", "RNGState"]

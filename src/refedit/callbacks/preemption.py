@@ -1,8 +1,13 @@
 """Save a checkpoint when the job is told to stop (SIGTERM, SIGUSR1), and keep the W&B run id with it.
 
 Lightning turns SIGTERM into `trainer.received_sigterm` and stops after the current batch; this callback
-writes `last.ckpt` at that batch's end first, so nothing is lost. On SLURM, Lightning itself owns SIGUSR1
+writes `last.ckpt` at that batch's end first, so nothing is lost, and stops there (no final validation). On SLURM, Lightning itself owns SIGUSR1
 (checkpoint + requeue) — the single requeue owner; elsewhere SIGUSR1 means "checkpoint and stop".
+
+Under DDP the ranks agree first (any rank signalled -> all save and stop at the same batch): a save is a
+collective, and one rank saving while another runs on would deadlock. Under submitit, submitit has already
+installed its own SIGUSR1 handler (which requeues without a Lightning checkpoint), and Lightning does not replace
+an existing handler: `setup` removes submitit's so that Lightning's SLURM handler is installed.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger(__name__)
 
@@ -22,24 +28,53 @@ class PreemptionCheckpoint(L.Callback):
         self.filename = filename
         self._usr1 = False
         self._previous = None
+        self._signum = None
+        #: why training stopped early ("SIGTERM" / "SIGUSR1"), None if it was not preempted
+        self.preempted: str | None = None
 
     def setup(self, trainer, pl_module, stage):
         from lightning.fabric.plugins.environments import SLURMEnvironment
 
         env = getattr(trainer.strategy, "cluster_environment", None)
-        if not isinstance(env, SLURMEnvironment) and hasattr(signal, "SIGUSR1"):
-            try:
-                self._previous = signal.signal(signal.SIGUSR1, self._on_usr1)
-            except ValueError:  # not the main thread (e.g. a spawned test worker)
-                self._previous = None
+        if not hasattr(signal, "SIGUSR1"):
+            return
+        if isinstance(env, SLURMEnvironment):
+            self._release_foreign_requeue_handler(env)
+            return
+        try:
+            self._signum = signal.SIGUSR1
+            self._previous = signal.signal(signal.SIGUSR1, self._on_usr1)
+        except ValueError:  # not the main thread (e.g. a spawned test worker)
+            self._previous = self._signum = None
+
+    def _release_foreign_requeue_handler(self, env) -> None:
+        """Lightning installs its SLURM requeue handler only where no handler exists (runs after `setup`)."""
+        sig = env.requeue_signal
+        if not env.auto_requeue or sig is None:
+            return
+        current = signal.getsignal(sig)
+        if current in (None, signal.SIG_DFL, signal.SIG_IGN):
+            return
+        owner = getattr(getattr(current, "__self__", None), "__module__", "") or getattr(current, "__module__", "")
+        if not owner.startswith("submitit"):
+            return
+        try:
+            self._previous = signal.signal(sig, signal.SIG_DFL)
+            self._signum = sig
+            log.info("SLURM: %s now handled by Lightning (checkpoint + requeue) instead of submitit", sig.name)
+        except ValueError:
+            self._previous = self._signum = None
 
     def _on_usr1(self, signum, frame):
         self._usr1 = True
 
     def teardown(self, trainer, pl_module, stage):
-        if self._previous is not None:
-            signal.signal(signal.SIGUSR1, self._previous)
-            self._previous = None
+        if self._previous is not None and self._signum is not None:
+            try:
+                signal.signal(self._signum, self._previous)
+            except ValueError:
+                pass
+            self._previous = self._signum = None
 
     def path(self, trainer) -> Path:
         for cb in trainer.callbacks:
@@ -48,16 +83,37 @@ class PreemptionCheckpoint(L.Callback):
         return Path(trainer.default_root_dir) / "checkpoints" / self.filename
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if not (trainer.received_sigterm or self._usr1):
+        signalled = bool(trainer.received_sigterm or self._usr1)
+        if trainer.world_size > 1:  # one collective per step; every rank must take the same branch
+            signalled = trainer.strategy.reduce_boolean_decision(signalled, all=False)
+        if not signalled:
             return
+        self._save(trainer, "SIGUSR1" if self._usr1 else "SIGTERM")
+        self._usr1 = False
+        # stop now, on every rank at once: `should_stop` would first run a validation (grace time is short)
+        raise SIGTERMException()
+
+    def on_exception(self, trainer, pl_module, exception):
+        """SIGTERM during validation: Lightning stops there, before any batch end. Single process only: under
+        DDP the ranks may stop at different points and a save is a collective."""
+        if not isinstance(exception, SIGTERMException) or self.preempted or trainer.world_size > 1:
+            return
+        if trainer.state.fn != "fit" or not trainer.received_sigterm:
+            return
+        from refedit.callbacks.ema import EMA
+
+        for cb in trainer.callbacks:  # validation runs on EMA weights: put the trained ones back first
+            if isinstance(cb, EMA):
+                cb.swap_out(pl_module)
+        self._save(trainer, "SIGTERM")
+
+    def _save(self, trainer, why: str) -> None:
+        self.preempted = why
         path = self.path(trainer)
         trainer.save_checkpoint(path)
-        log.warning("%s received at step %d: checkpoint saved to %s", "SIGTERM" if trainer.received_sigterm
-                    else "SIGUSR1", trainer.global_step, path)
-        print(f"preempted: checkpoint {path}", flush=True)
-        if self._usr1:
-            trainer.should_stop = True
-            self._usr1 = False
+        if trainer.is_global_zero:
+            log.warning("%s received at step %d: checkpoint saved to %s", why, trainer.global_step, path)
+            print(f"preempted: checkpoint {path} (step {trainer.global_step})", flush=True)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         from lightning.pytorch.loggers import WandbLogger

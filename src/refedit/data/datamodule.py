@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import os
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from refedit.batch import collate_edit
+
+log = logging.getLogger(__name__)
 
 
 def _worker_init(worker_id: int) -> None:
@@ -22,11 +26,39 @@ def _worker_init(worker_id: int) -> None:
     np.random.seed(seed)
 
 
+class ResumableSampler(DistributedSampler):
+    """Shuffled training order that a resumed run continues exactly.
+
+    The permutation comes from (seed, epoch), never from the global RNG, so a resumed run regenerates the epoch's
+    order and skips the samples already trained on (a plain shuffled DataLoader restarts its epoch with a new
+    order: Lightning restores the step counter, not the loader's position). Being a DistributedSampler, Lightning
+    keeps it under DDP (each rank takes its slice of the same permutation) and calls `set_epoch` on it.
+    """
+
+    def __init__(self, dataset: Dataset, *, num_replicas: int = 1, rank: int = 0, seed: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        self._resume: tuple[int, int] | None = None
+
+    def resume_at(self, epoch: int, skip: int) -> None:
+        """Start at epoch `epoch`, leaving out the first `skip` samples of this rank's slice."""
+        self.set_epoch(epoch)
+        self._resume = (epoch, skip)
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        if self._resume is not None:
+            epoch, skip = self._resume
+            self._resume = None  # only the first pass after a resume is shortened
+            if epoch == self.epoch:
+                indices = indices[skip:]
+        return iter(indices)
+
+
 class EditDataModule(L.LightningDataModule):
     def __init__(self, train_dataset: Mapping[str, Any] | Dataset | None = None,
                  val_dataset: Mapping[str, Any] | Dataset | None = None, batch_size: int = 8,
                  val_batch_size: int | None = None, num_workers: int = 0, pin_memory: bool = False,
-                 persistent_workers: bool = False, on_error: str = "skip", **_: Any):
+                 persistent_workers: bool = False, on_error: str = "skip", seed: int | None = None, **_: Any):
         super().__init__()
         if on_error not in ("skip", "raise"):
             raise ValueError(f"data.on_error must be 'skip' or 'raise', got {on_error!r}")
@@ -37,6 +69,9 @@ class EditDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.on_error = on_error
+        # the training order's seed; default: the run's seed (seed_everything exports PL_GLOBAL_SEED)
+        self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) if seed is None else int(seed)
+        self._resume: dict[str, int] | None = None
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
 
@@ -53,14 +88,44 @@ class EditDataModule(L.LightningDataModule):
             self.val_set = self._build(self.val_cfg)
 
     def _loader(self, ds: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+        sampler = None
+        if shuffle:
+            world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+            sampler = ResumableSampler(ds, num_replicas=world, rank=rank, seed=self.seed)
+            if self._resume:
+                epoch, skip = self._resume["epoch"], self._resume["batches"] * self._resume["batch_size"]
+                if skip >= sampler.num_samples:  # saved at the very end of an epoch
+                    epoch, skip = epoch + 1, 0
+                sampler.resume_at(epoch, skip)
+                self._resume = None
+        # own generator: creating an iterator (workers' base seed) does not draw from the global RNG,
+        # so the training noise stream is the same with and without a resume
+        return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
                           collate_fn=collate_edit, pin_memory=self.pin_memory, drop_last=shuffle,
-                          persistent_workers=self.persistent_workers, worker_init_fn=_worker_init)
+                          persistent_workers=self.persistent_workers, worker_init_fn=_worker_init,
+                          generator=torch.Generator().manual_seed(self.seed))
 
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
             raise ValueError("data.train_dataset is not set: choose a data config (e.g. data=toyworld)")
         return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where training is in the data: the epoch and the batches of it already trained on (per rank)."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": int(trainer.current_epoch), "batches": int(done), "batch_size": int(self.batch_size),
+                "seed": self.seed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        if state_dict.get("seed", self.seed) != self.seed:
+            log.warning("resuming with data seed %s (checkpoint: %s): the training order changes", self.seed,
+                        state_dict["seed"])
+        self._resume = {k: int(state_dict[k]) for k in ("epoch", "batches", "batch_size")}
 
     def val_dataloader(self):
         return [] if self.val_set is None else self._loader(self.val_set, self.val_batch_size, shuffle=False)

@@ -221,6 +221,14 @@ class LatentEditModule(L.LightningModule):
         prefixes = self._frozen_prefixes()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(prefixes)}
         checkpoint["refedit_method"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint["refedit_codec"] = self.codec_fingerprint()
+
+    def codec_fingerprint(self) -> dict[str, Any]:
+        """What a checkpoint was trained against: the frozen VAE is not stored, so a rebuilt or different VAE
+        must be detected at load time instead of decoding silently with the wrong latents."""
+        w = next(iter(self.codec.vae.parameters()))
+        return {"scaling_factor": self.codec.scaling_factor,
+                "first_weight_sum": None if w.device.type == "meta" else float(w.detach().double().sum())}
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
@@ -273,6 +281,13 @@ def load_method(path: str | os.PathLike, map_location: str | torch.device = "cpu
     cls = getattr(importlib.import_module(mod), cls_name)
     hp = dict(ckpt.get("hyper_parameters", {}))
     model = cls(**hp)
+    stored, now = ckpt.get("refedit_codec"), model.codec_fingerprint()
+    if stored and stored != now:
+        from refedit.utils.checkpoint import CheckpointError
+
+        raise CheckpointError(f"checkpoint {path} was trained with another VAE than backbone.vae gives now "
+                              f"({stored} vs {now}): were the toyworld foundations rebuilt? Retrain, or point "
+                              f"backbone.pretrained at the foundations it was trained with")
     state = ckpt["state_dict"]
     if use_ema and "ema_state" in ckpt:  # EMA weights replace the trained ones for inference
         state = {**state, **ckpt["ema_state"]}
