@@ -15,6 +15,7 @@ JOBS ?= 2
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
+export OMP_WAIT_POLICY ?= PASSIVE
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 export HF_HUB_OFFLINE ?= 1
