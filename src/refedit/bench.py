@@ -22,7 +22,7 @@ import torch
 
 from refedit.utils.config import build_method, compose, to_dict
 
-SECTIONS = ("loop", "data", "sampler", "flops", "gpu")
+SECTIONS = ("loop", "data", "sampler", "flops", "gpu", "pipelines")
 #: dense bf16 tensor-core peak FLOP/s by device name fragment (MFU denominators)
 PEAK_BF16 = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}
 
@@ -394,7 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              ("data", lambda: bench_data(parts, work, methods)),
                              ("sampler", lambda: bench_sampler(parts, work)),
                              ("flops", lambda: _flops(methods)),
-                             ("gpu", lambda: bench_gpu(parts, methods))):
+                             ("gpu", lambda: bench_gpu(parts, methods)),
+                             ("pipelines", bench_pipelines)):
             if section not in only:
                 continue
             try:
@@ -403,6 +404,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _error(section, section, e)
     emit("bench_seconds", time.perf_counter() - start)
     return 0
+
+
+def bench_pipelines() -> None:
+    """The data pipelines' own benchmarks (toyworld generation vs a tiny train step; decoded frame pairs and
+    boxed samples per second per core), run as scripts and their `name: value` lines forwarded."""
+    import subprocess
+
+    from refedit.utils.config import REPO_ROOT
+
+    for script in ("toyworld_speed.py", "data_speed.py"):
+        path = REPO_ROOT / "experiments" / "benchmarks" / script
+        res = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=900,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if res.returncode != 0:
+            emit(f"{path.stem}_error", (res.stderr.strip().splitlines() or ["failed"])[-1])
+            continue
+        for line in res.stdout.splitlines():
+            if ": " in line and not line.startswith(" "):
+                print(line, flush=True)
 
 
 def _flops(methods: Sequence[str]) -> None:
