@@ -24,10 +24,22 @@ from refedit.utils.config import compose
 
 def _cfg(parts: str, out: Path, *extra: str):
     """Deterministic, lean runs: no image grids, no validation inside the few steps, every step logged."""
-    return compose("train", [f"backbone.pretrained={parts}", "backbone.build_foundations=false",
-                             f"paths.output_dir={out}", "logger=csv", "data.batch_size=2", "data.num_workers=0",
-                             "trainer.val_check_interval=1000", "trainer.deterministic=true",
-                             "trainer.log_every_n_steps=1", "~callbacks.image_logger", *extra])
+    return compose(
+        "train",
+        [
+            f"backbone.pretrained={parts}",
+            "backbone.build_foundations=false",
+            f"paths.output_dir={out}",
+            "logger=csv",
+            "data.batch_size=2",
+            "data.num_workers=0",
+            "trainer.val_check_interval=1000",
+            "trainer.deterministic=true",
+            "trainer.log_every_n_steps=1",
+            "~callbacks.image_logger",
+            *extra,
+        ],
+    )
 
 
 def weights_digest(module) -> str:
@@ -51,9 +63,16 @@ class WeightDigests(L.Callback):
         self.start = weights_digest(pl_module)
 
     def on_train_end(self, trainer, pl_module):
-        Path(self.out_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(
-            {"start": self.start, "end": weights_digest(pl_module), "step": trainer.global_step,
-             "world": trainer.world_size}))
+        Path(self.out_dir, f"rank{trainer.global_rank}.json").write_text(
+            json.dumps(
+                {
+                    "start": self.start,
+                    "end": weights_digest(pl_module),
+                    "step": trainer.global_step,
+                    "world": trainer.world_size,
+                }
+            )
+        )
 
 
 class NaNToyWorld(torch.utils.data.Dataset):
@@ -75,8 +94,27 @@ class NaNToyWorld(torch.utils.data.Dataset):
         return s
 
 
+class SendSignal(L.Callback):
+    """Sends `signum` to this process at the end of training step `at_step` (a scheduler's preemption notice)."""
+
+    def __init__(self, at_step: int, signum: int = int(signal.SIGUSR1)):
+        self.at_step, self.signum = at_step, signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.at_step:
+            os.kill(os.getpid(), self.signum)
+
+
+class SigtermInValidation(L.Callback):
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if not trainer.sanity_checking:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _losses(metrics_csv: Path) -> dict[int, str]:
-    return {int(r["step"]): r["train/loss"] for r in csv.DictReader(metrics_csv.open()) if r.get("train/loss")}
+    return {
+        int(r["step"]): r["train/loss"] for r in csv.DictReader(metrics_csv.open()) if r.get("train/loss")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -87,16 +125,23 @@ def trained_ckpt(random_parts, tmp_path_factory) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------- DDP
-@pytest.mark.slow  # ~60 s on 2 shared cores: two spawned workers each import torch/diffusers/lightning
 def test_ddp_sim_ranks_end_with_identical_weights(random_parts, tmp_path):
     from refedit.methods import load_method
     from refedit.train import train
 
     digests = tmp_path / "digests"
     digests.mkdir()
-    final = train(_cfg(random_parts, tmp_path, "trainer=ddp_sim", "trainer.max_steps=2",
-                       "trainer.deterministic=false", f"+callbacks.digests._target_={__name__}.WeightDigests",
-                       f"+callbacks.digests.out_dir={digests}"))
+    final = train(
+        _cfg(
+            random_parts,
+            tmp_path,
+            "trainer=ddp_sim",
+            "trainer.max_steps=2",
+            "trainer.deterministic=false",
+            f"+callbacks.digests._target_={__name__}.WeightDigests",
+            f"+callbacks.digests.out_dir={digests}",
+        )
+    )
     ranks = [json.loads((digests / f"rank{r}.json").read_text()) for r in range(2)]
     assert all(r["world"] == 2 and r["step"] == 2 for r in ranks), ranks
     assert ranks[0]["start"] != ranks[0]["end"], "no training happened"
@@ -116,7 +161,9 @@ def test_resumed_run_equals_uninterrupted_run(random_parts, tmp_path):
     every = f"callbacks.model_checkpoint.every_n_train_steps={n}"
     a = read_checkpoint(train(_cfg(random_parts, straight, f"trainer.max_steps={2 * n}", every)))
     train(_cfg(random_parts, split, f"trainer.max_steps={n}", every))
-    b = read_checkpoint(train(_cfg(random_parts, split, f"trainer.max_steps={2 * n}", every, "ckpt_path=last")))
+    b = read_checkpoint(
+        train(_cfg(random_parts, split, f"trainer.max_steps={2 * n}", every, "ckpt_path=last"))
+    )
     assert a["global_step"] == b["global_step"] == 2 * n
     for part in ("state_dict", "ema_state"):
         assert a[part].keys() == b[part].keys()
@@ -148,13 +195,29 @@ def test_sigterm_leaves_a_checkpoint_that_resumes(random_parts, tmp_path):
     from refedit.train import train
 
     run = tmp_path / "run"
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "refedit.train", f"backbone.pretrained={random_parts}",
-           "backbone.build_foundations=false", f"hydra.run.dir={run}", "logger=csv", "data.batch_size=2",
-           "trainer.max_steps=200", "trainer.val_check_interval=1000", "~callbacks.image_logger",
-           # step checkpoints only, so last.ckpt can come from the preemption callback alone
-           "callbacks.model_checkpoint.every_n_train_steps=1", "callbacks.model_checkpoint.save_last=false"]
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "refedit.train",
+        f"backbone.pretrained={random_parts}",
+        "backbone.build_foundations=false",
+        f"hydra.run.dir={run}",
+        "logger=csv",
+        "data.batch_size=2",
+        "trainer.max_steps=200",
+        "trainer.val_check_interval=1000",
+        "~callbacks.image_logger",
+        # step checkpoints only, so last.ckpt can come from the preemption callback alone
+        "callbacks.model_checkpoint.every_n_train_steps=1",
+        "callbacks.model_checkpoint.save_last=false",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.time() + 240
@@ -174,9 +237,68 @@ def test_sigterm_leaves_a_checkpoint_that_resumes(random_parts, tmp_path):
     step = read_checkpoint(last)["global_step"]
     assert 0 < step < 200
     assert not (run / "checkpoints" / "final.ckpt").exists()
-    final = train(_cfg(random_parts, run, f"trainer.max_steps={step + 2}", "ckpt_path=last",
-                       "trainer.deterministic=false"))
+    final = train(
+        _cfg(
+            random_parts,
+            run,
+            f"trainer.max_steps={step + 2}",
+            "ckpt_path=last",
+            "trainer.deterministic=false",
+        )
+    )
     assert read_checkpoint(final)["global_step"] == step + 2
+
+
+def test_sigusr1_outside_slurm_checkpoints_and_stops(random_parts, tmp_path):
+    from refedit.train import train
+
+    before = signal.getsignal(signal.SIGUSR1)
+    # the callback order puts the signal after the preemption callback's check: it is seen one step later
+    with pytest.raises(SystemExit, match=r"stopped early \(SIGUSR1\) at step 3.*ckpt_path=last"):
+        train(_cfg(random_parts, tmp_path, "trainer.max_steps=50", f"+callbacks.usr1._target_={__name__}.SendSignal",
+                   "+callbacks.usr1.at_step=2"))
+    assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 3
+    assert signal.getsignal(signal.SIGUSR1) == before, "the SIGUSR1 handler was not restored"
+
+
+def test_sigterm_during_validation_saves_the_trained_not_the_ema_weights(random_parts, tmp_path):
+    from refedit.train import train
+
+    with pytest.raises(SystemExit, match=r"stopped early \(SIGTERM\) at step 2"):
+        train(_cfg(random_parts, tmp_path, "trainer.max_steps=50", "trainer.val_check_interval=2",
+                   "trainer.limit_val_batches=3", "data.val_dataset.length=6",
+                   f"+callbacks.sigterm._target_={__name__}.SigtermInValidation"))
+    ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 2
+    differ = [k for k, v in ckpt["ema_state"].items() if not torch.equal(v, ckpt["state_dict"][k])]
+    assert differ, "the EMA weights (swapped in for validation) were saved as the trained weights"
+
+
+def test_submitit_requeue_handler_is_handed_to_lightning():
+    """Under submitit Lightning would not install its SLURM requeue handler (one exists already): the
+    preemption callback removes submitit's, and puts it back at teardown."""
+    from types import SimpleNamespace
+
+    from submitit.core.job_environment import SignalHandler
+
+    from refedit.callbacks.preemption import PreemptionCheckpoint
+
+    env = SimpleNamespace(auto_requeue=True, requeue_signal=signal.SIGUSR1)
+    before = signal.getsignal(signal.SIGUSR1)
+    submitit_handler = SignalHandler(None, None, None).checkpoint_and_try_requeue
+    own = lambda signum, frame: None  # noqa: E731 - not submitit's: left alone
+    try:
+        signal.signal(signal.SIGUSR1, own)
+        cb = PreemptionCheckpoint()
+        cb._release_foreign_requeue_handler(env)
+        assert signal.getsignal(signal.SIGUSR1) is own
+        signal.signal(signal.SIGUSR1, submitit_handler)
+        cb._release_foreign_requeue_handler(env)
+        assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # Lightning's SLURM connector installs its own
+        cb.teardown(None, None, "fit")
+        assert signal.getsignal(signal.SIGUSR1) == submitit_handler
+    finally:
+        signal.signal(signal.SIGUSR1, before)
 
 
 # ----------------------------------------------------------------------------------------------- bad files
@@ -203,7 +325,9 @@ def test_checkpoint_of_another_method_is_refused(random_parts, trained_ckpt, tmp
     ckpt["refedit_method"] = "refedit.methods.mimicbrush.MimicBrush"
     other = tmp_path / "other.ckpt"
     torch.save(ckpt, other)
-    with pytest.raises(CheckpointError, match=rf"{other} was written by refedit.methods.mimicbrush.MimicBrush.*SDInpaint"):
+    with pytest.raises(
+        CheckpointError, match=rf"{other} was written by refedit.methods.mimicbrush.MimicBrush.*SDInpaint"
+    ):
         train(_cfg(random_parts, tmp_path / "resume", "trainer.max_steps=2", f"ckpt_path={other}"))
 
 
@@ -219,15 +343,21 @@ def test_failed_atomic_write_keeps_the_old_file(tmp_path):
 # ----------------------------------------------------------------------------------------------- NaN
 def _nan_data(index: int = 1) -> list[str]:
     # 4 samples, batch 2, 2 steps: exactly one batch holds the NaN sample
-    return [f"data.train_dataset._target_={__name__}.NaNToyWorld", f"+data.train_dataset.nan_index={index}",
-            "data.train_dataset.length=4", "trainer.max_steps=2"]
+    return [
+        f"data.train_dataset._target_={__name__}.NaNToyWorld",
+        f"+data.train_dataset.nan_index={index}",
+        "data.train_dataset.length=4",
+        "trainer.max_steps=2",
+    ]
 
 
 def test_nonfinite_loss_names_step_and_samples(random_parts, tmp_path):
     from refedit.methods.base import NonFiniteLossError
     from refedit.train import train
 
-    with pytest.raises(NonFiniteLossError, match=r"global step [01], batch [01], sample ids .*text_inpaint-1\b"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"global step [01], batch [01], sample ids .*text_inpaint-1\b"
+    ):
         train(_cfg(random_parts, tmp_path, *_nan_data(1)))
 
 

@@ -16,8 +16,15 @@ SLURM = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
 
 
 def _compose(experiment: str, trainer: str, launcher: str = "slurm"):
-    return compose("train", [f"experiment={experiment}", f"trainer={trainer}", f"hydra/launcher={launcher}",
-                             "paths.output_dir=/tmp/refedit-compose-only"])
+    return compose(
+        "train",
+        [
+            f"experiment={experiment}",
+            f"trainer={trainer}",
+            f"hydra/launcher={launcher}",
+            "paths.output_dir=/tmp/refedit-compose-only",
+        ],
+    )
 
 
 CASES = [(e, t) for e in EXPERIMENTS for t in ("ddp", "fsdp")]
@@ -40,7 +47,9 @@ def test_experiment_composes_for_cluster_training(experiment, trainer):
     assert launcher["nodes"] == cfg.trainer.num_nodes
     assert launcher["max_num_timeout"] == 0, "submitit must not requeue too: Lightning is the requeue owner"
     strategy = OmegaConf.to_container(cfg.trainer.strategy, resolve=True)
-    if trainer == "ddp":  # DDPStrategy passes extra keys to DistributedDataParallel: they must be its arguments
+    if (
+        trainer == "ddp"
+    ):  # DDPStrategy passes extra keys to DistributedDataParallel: they must be its arguments
         from torch.nn.parallel import DistributedDataParallel
 
         ddp_args = set(inspect.signature(DistributedDataParallel.__init__).parameters)
@@ -63,6 +72,6 @@ def test_fsdp_strategy_object_builds(experiment):
 
 
 def test_plugin_launcher_name_still_composes():
-    """`hydra/launcher=submitit_slurm` is the plugin's own node (bare defaults); ours is `hydra/launcher=slurm`."""
+    """`hydra/launcher=submitit_slurm` is the plugin's node (bare defaults); ours: `hydra/launcher=slurm`."""
     cfg = _compose(EXPERIMENTS[0], "ddp", "submitit_slurm")
     assert cfg.hydra.launcher._target_ == SLURM and cfg.hydra.launcher.tasks_per_node == 1

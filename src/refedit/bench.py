@@ -49,9 +49,9 @@ def _threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-# ------------------------------------------------------------------------------------------------ tiny parts
+# -------------------------------------------------------------------------------------- tiny parts
 def tiny_parts(workdir: Path) -> str:
-    """The cached toyworld foundations when present (trained tiny VAE/CLIP), else freshly saved random parts."""
+    """The cached toyworld foundations when present (trained tiny VAE/CLIP), else saved random parts."""
     cfg = compose("train", ["paths.output_dir=/tmp/refedit-bench"])
     cached = Path(str(cfg.paths.foundations_dir))
     if (cached / "vae").is_dir() and (cached / "tokenizer").is_dir():
@@ -64,9 +64,17 @@ def tiny_parts(workdir: Path) -> str:
 def tiny_cfg(parts: str, out: Path, method: str, *extra: str, smoke: bool = True):
     """The composed training config of a method on the given tiny parts: the smoke preset (its smoke batch
     size) or the default one."""
-    return compose("train", [f"method={method}", *(["experiment=smoke"] if smoke else []),
-                             f"backbone.pretrained={parts}", "backbone.build_foundations=false",
-                             f"paths.output_dir={out}", *extra])
+    return compose(
+        "train",
+        [
+            f"method={method}",
+            *(["experiment=smoke"] if smoke else []),
+            f"backbone.pretrained={parts}",
+            "backbone.build_foundations=false",
+            f"paths.output_dir={out}",
+            *extra,
+        ],
+    )
 
 
 def method_batches(cfg, n: int, start: int = 0) -> list[dict[str, Any]]:
@@ -88,8 +96,9 @@ def _optimizers(model) -> tuple[torch.optim.Optimizer, Any]:
     return opt, None
 
 
-def bare_step_fn(model, clip: float | None = 1.0,
-                 autocast: torch.dtype | None = None) -> Callable[[dict[str, Any]], float]:
+def bare_step_fn(
+    model, clip: float | None = 1.0, autocast: torch.dtype | None = None
+) -> Callable[[dict[str, Any]], float]:
     """One plain-PyTorch training step: the same loss, optimiser, scheduler and clipping as the trainer
     (`autocast`: mixed-precision forward, as Lightning's `bf16-mixed`)."""
     opt, sched = _optimizers(model)
@@ -114,8 +123,9 @@ def bare_step_fn(model, clip: float | None = 1.0,
     return step
 
 
-def time_steps(step: Callable[[dict[str, Any]], Any], batches: Sequence[dict[str, Any]], n: int,
-               warmup: int) -> list[float]:
+def time_steps(
+    step: Callable[[dict[str, Any]], Any], batches: Sequence[dict[str, Any]], n: int, warmup: int
+) -> list[float]:
     times = []
     for i in range(warmup + n):
         t0 = time.perf_counter()
@@ -125,12 +135,12 @@ def time_steps(step: Callable[[dict[str, Any]], Any], batches: Sequence[dict[str
     return times
 
 
-# ------------------------------------------------------------------------------------------------ loop overhead
+# ------------------------------------------------------------------------------------- loop overhead
 class StepClock(L.Callback):
     """Wall time between successive `on_train_batch_start`s: a whole loop iteration, every hook included.
 
-    With `paired`, one bare step (another model, same work) runs inside every iteration and is timed on its own;
-    it is taken out of the iteration's time. Both are then measured under the same momentary machine load."""
+    With `paired`, one bare step (another model, same work) runs inside every iteration, timed on its own and
+    taken out of the iteration's time: both are then measured under the same momentary machine load."""
 
     def __init__(self, paired: Callable[[int], Any] | None = None):
         self.paired = paired
@@ -151,11 +161,16 @@ class StepClock(L.Callback):
         return [d - b for d, b in zip(deltas, self.bare)] if self.paired is not None else deltas
 
 
-def lightning_step_times(cfg, batches: Sequence[dict[str, Any]], n: int, warmup: int,
-                         paired: Callable[[dict[str, Any]], Any] | None = None) -> tuple[list[float], list[float]]:
+def lightning_step_times(
+    cfg,
+    batches: Sequence[dict[str, Any]],
+    n: int,
+    warmup: int,
+    paired: Callable[[dict[str, Any]], Any] | None = None,
+) -> tuple[list[float], list[float]]:
     """Per-step times of the trainer built exactly as refedit.train builds it (loggers, callbacks, plugins),
-    on pre-generated in-memory batches; start-up (W&B init, setup) is outside the measured steps. With `paired`,
-    also the times of that bare step run once per iteration (see StepClock)."""
+    on pre-generated in-memory batches; start-up (W&B init, setup) is outside the measured steps. With
+    `paired`, also the times of that bare step, run once per iteration (see StepClock)."""
     from hydra.utils import instantiate
     from torch.utils.data import DataLoader
 
@@ -169,9 +184,16 @@ def lightning_step_times(cfg, batches: Sequence[dict[str, Any]], n: int, warmup:
     callbacks = [*instantiate_dict(cfg.get("callbacks")), clock]
     trainer_cfg = {k: v for k, v in to_dict(cfg.trainer).items() if k != "skip_nonfinite"}
     trainer_cfg["max_steps"] = warmup + n + 1
-    trainer = instantiate(trainer_cfg, logger=loggers or False, callbacks=callbacks,
-                          plugins=[AtomicCheckpointIO()], _convert_="all")
-    loader = DataLoader(list(batches) * ((warmup + n + 1) // len(batches) + 1), batch_size=None, shuffle=False)
+    trainer = instantiate(
+        trainer_cfg,
+        logger=loggers or False,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        _convert_="all",
+    )
+    loader = DataLoader(
+        list(batches) * ((warmup + n + 1) // len(batches) + 1), batch_size=None, shuffle=False
+    )
     try:
         trainer.fit(model, train_dataloaders=loader)
     finally:
@@ -180,7 +202,7 @@ def lightning_step_times(cfg, batches: Sequence[dict[str, Any]], n: int, warmup:
 
             if wandb.run is not None:
                 wandb.finish()
-    return clock.iterations()[warmup:warmup + n], clock.bare[warmup:warmup + n]
+    return clock.iterations()[warmup : warmup + n], clock.bare[warmup : warmup + n]
 
 
 def bench_loop(parts: str, work: Path, n: int = 30, warmup: int = 5) -> None:
@@ -192,15 +214,18 @@ def bench_loop(parts: str, work: Path, n: int = 30, warmup: int = 5) -> None:
     step = bare_step_fn(build_method(cfg.method), clip=cfg.trainer.get("gradient_clip_val"))
     light, bare = lightning_step_times(cfg, batches, n, warmup, paired=step)
     mb, ml = statistics.median(bare), statistics.median(light)
-    emit("loop_setting", f"sd_inpaint tiny, batch {cfg.data.batch_size}, {n} steps after {warmup} warm-up, "
-                         f"{torch.get_num_threads()} threads, default train config (logger, callbacks), paired steps")
+    emit(
+        "loop_setting",
+        f"sd_inpaint tiny, batch {cfg.data.batch_size}, {n} steps after {warmup} warm-up, "
+        f"{torch.get_num_threads()} threads, default train config (logger, callbacks), paired steps",
+    )
     emit("loop_step_ms_bare", mb * 1e3)
     emit("loop_step_ms_lightning", ml * 1e3)
     emit("loop_overhead_ratio", ml / mb)
     emit("loop_overhead_ratio_pairwise_median", statistics.median(a / b for a, b in zip(light, bare)))
 
 
-# ------------------------------------------------------------------------------------------------ data / steps
+# ------------------------------------------------------------------------------------- data / steps
 def bench_data(parts: str, work: Path, methods: Sequence[str], steps: int = 4, warmup: int = 2) -> None:
     """Per method at 64 px, one core: time to generate a batch vs one training step (smoke batch size)."""
     from hydra.utils import instantiate
@@ -231,10 +256,10 @@ def bench_data(parts: str, work: Path, methods: Sequence[str], steps: int = 4, w
             _error(name, "data", e)
 
 
-# ------------------------------------------------------------------------------------------------ sampler
+# ----------------------------------------------------------------------------------------- sampler
 def bench_sampler(parts: str, work: Path, steps: tuple[int, int] = (5, 25), repeats: int = 3) -> None:
-    """sd_inpaint's DDIM+CFG sampler vs diffusers' StableDiffusionInpaintPipeline on the same exported weights.
-    Per-step time = (T(long) - T(short)) / (long - short): fixed costs (encode, decode, text) cancel."""
+    """sd_inpaint's DDIM+CFG sampler vs diffusers' StableDiffusionInpaintPipeline on the same exported
+    weights. Per-step time = (T(long) - T(short)) / (long - short): fixed costs (encode, decode, text) cancel."""
     import numpy as np
     from diffusers import StableDiffusionInpaintPipeline
     from PIL import Image
@@ -247,11 +272,14 @@ def bench_sampler(parts: str, work: Path, steps: tuple[int, int] = (5, 25), repe
     model = build_method(cfg.method).eval()
     batch = collate_edit([build_sample("text_inpaint", 7, size=int(cfg.backbone.resolution))])
     model.export_diffusers(work / "pipe")
-    pipe = StableDiffusionInpaintPipeline.from_pretrained(work / "pipe", safety_checker=None,
-                                                          requires_safety_checker=False)
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(
+        work / "pipe", safety_checker=None, requires_safety_checker=False
+    )
     pipe.set_progress_bar_config(disable=True)
     size = int(cfg.backbone.resolution)
-    image = Image.fromarray(((batch["source"][0].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8))
+    image = Image.fromarray(
+        ((batch["source"][0].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+    )
     mask = Image.fromarray((batch["mask"][0, 0].numpy() * 255).astype(np.uint8))
     scale = float(model.sampling_cfg["guidance_scale"])
 
@@ -259,8 +287,17 @@ def bench_sampler(parts: str, work: Path, steps: tuple[int, int] = (5, 25), repe
         model.sample(batch, num_steps=k, guidance_scale=scale, generator=torch.Generator().manual_seed(0))
 
     def theirs(k: int) -> None:
-        pipe(prompt=batch["caption"], image=image, mask_image=mask, height=size, width=size, num_inference_steps=k,
-             guidance_scale=scale, generator=torch.Generator().manual_seed(0), output_type="pt")
+        pipe(
+            prompt=batch["caption"],
+            image=image,
+            mask_image=mask,
+            height=size,
+            width=size,
+            num_inference_steps=k,
+            guidance_scale=scale,
+            generator=torch.Generator().manual_seed(0),
+            output_type="pt",
+        )
 
     def per_step(fn: Callable[[int], None]) -> float:
         fn(steps[0])  # warm-up
@@ -284,7 +321,7 @@ def bench_sampler(parts: str, work: Path, steps: tuple[int, int] = (5, 25), repe
     emit("sampler_step_overhead_vs_diffusers", a / b)
 
 
-# ------------------------------------------------------------------------------------------------ GPU
+# --------------------------------------------------------------------------------------------- GPU
 def _strip_pretrained(node: Any) -> Any:
     """Random init from configs: every `pretrained` weight source removed (no weights exist here)."""
     if isinstance(node, dict):
@@ -295,8 +332,8 @@ def _strip_pretrained(node: Any) -> Any:
 
 
 def random_init_method(name: str, parts: str, device: str | torch.device, extra: Sequence[str] = ()):
-    """The method's real-scale architecture, randomly initialised on `device` (the tokenizer comes from the tiny
-    parts: only the ids' count matters for speed)."""
+    """The method's real-scale architecture, randomly initialised on `device` (the tokenizer comes from the
+    tiny parts: only the ids' count matters for speed)."""
     from refedit.flops import compose_real_scale, install_tokenizer_stand_ins
 
     cfg = compose_real_scale(name, extra)
@@ -308,17 +345,27 @@ def random_init_method(name: str, parts: str, device: str | torch.device, extra:
     return cfg, model.to(device)
 
 
-def gpu_throughput(name: str, parts: str, device: str = "cuda", dtype: torch.dtype = torch.bfloat16,
-                   resolution: int = 512, steps: int = 10, warmup: int = 3, batch_size: int | None = None,
-                   extra: Sequence[str] = ()) -> dict[str, float]:
-    """Training samples/s of the real-scale method (its experiment's per-GPU batch, halved on OOM), autocast."""
+def gpu_throughput(
+    name: str,
+    parts: str,
+    device: str = "cuda",
+    dtype: torch.dtype = torch.bfloat16,
+    resolution: int = 512,
+    steps: int = 10,
+    warmup: int = 3,
+    batch_size: int | None = None,
+    extra: Sequence[str] = (),
+) -> dict[str, float]:
+    """Training samples/s of the real-scale method at its experiment's per-GPU batch (halved on OOM), with
+    an autocast forward as Lightning's bf16-mixed."""
     from refedit.flops import shaped_batch
 
     overrides = [f"backbone.resolution={resolution}", *extra]
     cfg, model = random_init_method(name, parts, device, overrides)
     bs = int(batch_size or cfg.data.batch_size)
-    step = bare_step_fn(model, clip=cfg.trainer.get("gradient_clip_val"),
-                        autocast=None if dtype == torch.float32 else dtype)
+    step = bare_step_fn(
+        model, clip=cfg.trainer.get("gradient_clip_val"), autocast=None if dtype == torch.float32 else dtype
+    )
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     while True:
         try:
@@ -341,8 +388,13 @@ def gpu_throughput(name: str, parts: str, device: str = "cuda", dtype: torch.dty
             bs //= 2
             torch.cuda.empty_cache()
     mem = torch.cuda.max_memory_allocated() / 2**30 if torch.device(device).type == "cuda" else 0.0
-    return {"batch": bs, "step_s": dt, "samples_per_s": bs / dt, "max_mem_gib": mem,
-            "gradient_checkpointing": bool(cfg.backbone.get("gradient_checkpointing"))}
+    return {
+        "batch": bs,
+        "step_s": dt,
+        "samples_per_s": bs / dt,
+        "max_mem_gib": mem,
+        "gradient_checkpointing": bool(cfg.backbone.get("gradient_checkpointing")),
+    }
 
 
 def bench_gpu(parts: str, methods: Sequence[str]) -> None:
@@ -358,8 +410,11 @@ def bench_gpu(parts: str, methods: Sequence[str]) -> None:
         try:
             r = gpu_throughput(name, parts)
             emit(f"gpu_samples_per_s_{name}", r["samples_per_s"])
-            emit(f"gpu_setting_{name}", f"512 px bf16-mixed, batch {r['batch']}, gradient checkpointing "
-                                        f"{r['gradient_checkpointing']}, peak mem {r['max_mem_gib']:.1f} GiB")
+            emit(
+                f"gpu_setting_{name}",
+                f"512 px bf16-mixed, batch {r['batch']}, gradient checkpointing "
+                f"{r['gradient_checkpointing']}, peak mem {r['max_mem_gib']:.1f} GiB",
+            )
             if peak:
                 f = method_flops(name, extra=["backbone.resolution=512"]).train
                 emit(f"gpu_mfu_{name}", r["samples_per_s"] * f / peak)
@@ -369,13 +424,15 @@ def bench_gpu(parts: str, methods: Sequence[str]) -> None:
             torch.cuda.empty_cache()
 
 
-# ------------------------------------------------------------------------------------------------ main
+# -------------------------------------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> int:
     from refedit.flops import method_names
 
     ap = argparse.ArgumentParser(prog="python -m refedit.bench", description=__doc__.splitlines()[0])
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
-    ap.add_argument("--methods", default="", help="comma-separated methods (default: every conf/method/*.yaml)")
+    ap.add_argument(
+        "--methods", default="", help="comma-separated methods (default: every conf/method/*.yaml)"
+    )
     args = ap.parse_args(argv)
     only = [s for s in args.only.split(",") if s]
     unknown = set(only) - set(SECTIONS)
@@ -390,12 +447,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = Path(tmp)
         parts = tiny_parts(work)
         emit("bench_parts", parts)
-        for section, run in (("loop", lambda: bench_loop(parts, work)),
-                             ("data", lambda: bench_data(parts, work, methods)),
-                             ("sampler", lambda: bench_sampler(parts, work)),
-                             ("flops", lambda: _flops(methods)),
-                             ("gpu", lambda: bench_gpu(parts, methods)),
-                             ("pipelines", bench_pipelines)):
+        for section, run in (
+            ("loop", lambda: bench_loop(parts, work)),
+            ("data", lambda: bench_data(parts, work, methods)),
+            ("sampler", lambda: bench_sampler(parts, work)),
+            ("flops", lambda: _flops(methods)),
+            ("gpu", lambda: bench_gpu(parts, methods)),
+            ("pipelines", bench_pipelines),
+        ):
             if section not in only:
                 continue
             try:
@@ -415,8 +474,13 @@ def bench_pipelines() -> None:
 
     for script in ("toyworld_speed.py", "data_speed.py"):
         path = REPO_ROOT / "experiments" / "benchmarks" / script
-        res = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=900,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+        res = subprocess.run(
+            [sys.executable, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         if res.returncode != 0:
             emit(f"{path.stem}_error", (res.stderr.strip().splitlines() or ["failed"])[-1])
             continue

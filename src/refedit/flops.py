@@ -1,15 +1,16 @@
-"""Model FLOPs of every method at full size, counted on the meta device (architecture only: no weights, no memory).
+"""Model FLOPs of every method at full size, counted on the meta device (architecture only: no weights,
+no memory).
 
-`torch.utils.flop_counter.FlopCounterMode` counts 2 FLOPs per multiply-accumulate of matmuls and convolutions;
-on the meta device `scaled_dot_product_attention` runs its math path, so attention is counted as its two bmm's.
-Elementwise ops, norms and softmax are not counted (the usual convention; a few % of a U-Net). Data-dependent
-branches on dropout/keep masks are taken as "nothing dropped", so every branch is counted (MimicBrush's sampling
-step thus includes the reference U-Net for the unconditional half too, which the real sampler skips: an upper
-bound).
+`torch.utils.flop_counter.FlopCounterMode` counts 2 FLOPs per multiply-accumulate of matmuls and
+convolutions; on the meta device `scaled_dot_product_attention` runs its math path, so attention is counted
+as its two bmm's. Elementwise ops, norms and softmax are not counted (the usual convention; a few % of a
+U-Net). Data-dependent branches on dropout/keep masks are taken as "nothing dropped", so every branch is
+counted (MimicBrush's sampling step thus includes the reference U-Net for the unconditional half too, which
+the real sampler skips: an upper bound).
 
-A training step is measured, not estimated: forward of the method's `diffusion_loss` (frozen VAE/CLIP encoders
-included) and its backward, with gradient checkpointing off so that recomputation is not counted (model FLOPs, the
-MFU convention). `python -m refedit.flops [method ...]` prints `name: value` lines.
+A training step is measured, not estimated: forward of the method's `diffusion_loss` (frozen VAE/CLIP
+encoders included) and its backward, with gradient checkpointing off so that recomputation is not counted
+(model FLOPs, the MFU convention). `python -m refedit.flops [method ...]` prints `name: value` lines.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from refedit.utils.config import CONFIG_DIR, compose
 #: methods without a conf/experiment/<method>_sd1*.yaml: the overrides that give their full-size setting
 REAL_SCALE_FALLBACK: dict[str, list[str]] = {"sd_inpaint": ["backbone=sd15_inpaint"]}
 
-#: steps that run on CPU arrays (no tensor FLOPs) and cannot see a meta tensor: identity stand-ins while counting
+#: steps on CPU arrays (no tensor FLOPs) that cannot see a meta tensor: identity stand-ins while counting
 META_STAND_INS: dict[str, Callable[..., Any]] = {
     # Magic Fixup fills the coarse edit's holes with OpenCV (Navier-Stokes) before VAE encoding
     "refedit.methods.magic_fixup.fill_holes": lambda coarse, *args, **kwargs: coarse,
@@ -41,7 +42,9 @@ def method_names() -> list[str]:
 
 def real_scale_overrides(method: str) -> list[str]:
     """The method's base real-scale experiment (the shortest conf/experiment/<method>_sd1*.yaml name)."""
-    found = sorted((p.stem for p in (CONFIG_DIR / "experiment").glob(f"{method}_sd1*.yaml")), key=lambda s: (len(s), s))
+    found = sorted(
+        (p.stem for p in (CONFIG_DIR / "experiment").glob(f"{method}_sd1*.yaml")), key=lambda s: (len(s), s)
+    )
     if found:
         return [f"experiment={found[0]}"]
     return [f"method={method}", *REAL_SCALE_FALLBACK.get(method, ["backbone=sd15"])]
@@ -58,8 +61,8 @@ def count_flops(fn: Callable[[], Any]) -> int:
 
 
 class FixedLengthTokenizer:
-    """Stands in for a CLIP tokenizer where no tokenizer files exist (meta / random-init models): every caption
-    becomes `model_max_length` token ids, which is all the text encoder's cost depends on."""
+    """Stands in for a CLIP tokenizer where no tokenizer files exist (meta / random-init models): every
+    caption becomes `model_max_length` token ids, which is all the text encoder's cost depends on."""
 
     def __init__(self, model_max_length: int = 77):
         self.model_max_length = model_max_length
@@ -79,8 +82,8 @@ def install_tokenizer_stand_ins(model: torch.nn.Module) -> None:
 
 class _MetaMask(torch.Tensor):
     """A meta bool mask that answers the data-dependent questions methods ask of dropout masks, as if nothing
-    were dropped: `tolist()` -> all False, `bool(keep.any())` -> True (so every branch is computed and counted).
-    Bool results of ops on it stay `_MetaMask`; everything else comes out a plain tensor."""
+    were dropped: `tolist()` -> all False, `bool(keep.any())` -> True (so every branch is computed and
+    counted). Bool results of ops on it stay `_MetaMask`; everything else comes out a plain tensor."""
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
@@ -125,8 +128,9 @@ def meta_stand_ins() -> Iterator[None]:
         yield
 
 
-def shaped_batch(cfg, batch_size: int = 1, device: str | torch.device = "meta",
-                 dtype: torch.dtype | None = None) -> dict[str, Any]:
+def shaped_batch(
+    cfg, batch_size: int = 1, device: str | torch.device = "meta", dtype: torch.dtype | None = None
+) -> dict[str, Any]:
     """A batch with the keys of the method's toyworld task and the shapes of the config's resolution/frames
     (zeros; on `meta` it holds no memory). Masks stay {0,1}: all zeros except a centred square."""
     from refedit.batch import collate_edit
@@ -143,7 +147,7 @@ def shaped_batch(cfg, batch_size: int = 1, device: str | torch.device = "meta",
             shape[-2], shape[-1] = shape[-2] * res // 64, shape[-1] * res // 64
             t = torch.zeros(shape, device=device, dtype=dtype or v.dtype)
             if k in ("mask", "valid", "reference_mask") and t.device.type != "meta":
-                t[..., res // 4: 3 * res // 4, res // 4: 3 * res // 4] = 1
+                t[..., res // 4 : 3 * res // 4, res // 4 : 3 * res // 4] = 1
             out[k] = t
         else:
             out[k] = v
@@ -176,11 +180,11 @@ class MethodFlops:
     overrides: list[str]
     resolution: int
     frames: int | None
-    train_forward: int      # diffusion_loss forward: frozen encoders + denoise
-    train_denoise: int      # of which the denoise call (the trained network(s))
+    train_forward: int  # diffusion_loss forward: frozen encoders + denoise
+    train_denoise: int  # of which the denoise call (the trained network(s))
     train_backward: int
-    sample_step: int        # one sampling step: denoise with the CFG branches of the method's sampling config
-    sample_fixed: int       # once per sample: conditions (encoders, reference pass) + decode
+    sample_step: int  # one sampling step: denoise with the CFG branches of the method's sampling config
+    sample_fixed: int  # once per sample: conditions (encoders, reference pass) + decode
     params_total: int
     params_trainable: int
 
@@ -200,7 +204,8 @@ def build_meta_method(method: str, extra: Sequence[str] = ()):
 
 
 def method_flops(method: str, batch_size: int = 1, extra: Sequence[str] = ()) -> MethodFlops:
-    """FLOPs per sample of `method` in its real-scale setting (+ `extra` overrides, e.g. backbone.resolution)."""
+    """FLOPs per sample of `method` in its real-scale setting (+ `extra` overrides, e.g.
+    backbone.resolution)."""
     with meta_stand_ins():
         return _method_flops(method, batch_size, extra)
 
@@ -221,23 +226,44 @@ def _method_flops(method: str, batch_size: int, extra: Sequence[str]) -> MethodF
     with torch.no_grad():
         conds: list[Any] = []
         fixed = count_flops(lambda: conds.extend(m.conditions(batch, train=False)))
-        # masks inside the conditions (e.g. MimicBrush's reference keep-mask) count as all-kept: an upper bound
-        cond, uncond = (None if c is None else {k: v.as_subclass(_MetaMask) if isinstance(v, torch.Tensor)
-                                                and v.dtype == torch.bool else v for k, v in c.items()}
-                        for c in conds)
+        # masks inside the conditions (e.g. MimicBrush's reference keep-mask) count as all-kept: an upper
+        # bound
+        cond, uncond = (
+            None
+            if c is None
+            else {
+                k: v.as_subclass(_MetaMask) if isinstance(v, torch.Tensor) and v.dtype == torch.bool else v
+                for k, v in c.items()
+            }
+            for c in conds
+        )
         z = torch.zeros(m.latent_shape(batch), device="meta")
         t = torch.tensor(500)
         step = count_flops(lambda: CFGGuider(m.sampling_cfg["guidance_scale"])(m.denoise, z, t, cond, uncond))
         fixed += count_flops(lambda: m.decode(z, batch))
-    frames = cfg.data.get("frames") if any(v.dim() == 5 for v in batch.values() if isinstance(v, torch.Tensor)) \
+    frames = (
+        cfg.data.get("frames")
+        if any(v.dim() == 5 for v in batch.values() if isinstance(v, torch.Tensor))
         else None
-    return MethodFlops(method, [*real_scale_overrides(method), *extra], int(cfg.backbone.resolution),
-                       int(frames) if frames else None, fwd // batch_size, den[0] // batch_size, bwd // batch_size,
-                       step // batch_size, fixed // batch_size, sum(p.numel() for p in m.parameters()),
-                       sum(p.numel() for p in m.trainable_parameters()))
+    )
+    return MethodFlops(
+        method,
+        [*real_scale_overrides(method), *extra],
+        int(cfg.backbone.resolution),
+        int(frames) if frames else None,
+        fwd // batch_size,
+        den[0] // batch_size,
+        bwd // batch_size,
+        step // batch_size,
+        fixed // batch_size,
+        sum(p.numel() for p in m.parameters()),
+        sum(p.numel() for p in m.trainable_parameters()),
+    )
 
 
-def unet_forward_flops(backbone: str = "sd15", latent_size: int = 64, batch_size: int = 1, tokens: int = 77) -> int:
+def unet_forward_flops(
+    backbone: str = "sd15", latent_size: int = 64, batch_size: int = 1, tokens: int = 77
+) -> int:
     """One U-Net forward of a backbone (SD-1.5: 512 px = 64x64 latent, 77 CLIP tokens)."""
     from refedit.backbone.unet import build_unet
     from refedit.utils.config import to_dict
@@ -248,8 +274,11 @@ def unet_forward_flops(backbone: str = "sd15", latent_size: int = 64, batch_size
     z = torch.zeros(batch_size, c.in_channels, latent_size, latent_size, device="meta")
     ctx = torch.zeros(batch_size, tokens, c.cross_attention_dim, device="meta")
     with torch.no_grad():
-        return count_flops(lambda: unet(z, torch.zeros(batch_size, dtype=torch.long, device="meta"),
-                                                encoder_hidden_states=ctx))
+        return count_flops(
+            lambda: unet(
+                z, torch.zeros(batch_size, dtype=torch.long, device="meta"), encoder_hidden_states=ctx
+            )
+        )
 
 
 def report(methods: Sequence[str] | None = None, out=sys.stdout) -> dict[str, MethodFlops]:
@@ -260,7 +289,11 @@ def report(methods: Sequence[str] | None = None, out=sys.stdout) -> dict[str, Me
         try:
             r = method_flops(name)
         except Exception as e:  # noqa: BLE001 - a broken method must not hide the others' numbers
-            print(f"{name}_error: flops: {type(e).__name__}: {str(e).splitlines()[0][:200]}", file=out, flush=True)
+            print(
+                f"{name}_error: flops: {type(e).__name__}: {str(e).splitlines()[0][:200]}",
+                file=out,
+                flush=True,
+            )
             continue
         results[name] = r
         size = f"{r.resolution}px" + (f"x{r.frames}f" if r.frames else "")

@@ -1,13 +1,14 @@
 """Save a checkpoint when the job is told to stop (SIGTERM, SIGUSR1), and keep the W&B run id with it.
 
 Lightning turns SIGTERM into `trainer.received_sigterm` and stops after the current batch; this callback
-writes `last.ckpt` at that batch's end first, so nothing is lost, and stops there (no final validation). On SLURM, Lightning itself owns SIGUSR1
-(checkpoint + requeue) — the single requeue owner; elsewhere SIGUSR1 means "checkpoint and stop".
+writes `last.ckpt` at that batch's end first, so nothing is lost, and stops there (no final validation).
+On SLURM, Lightning itself owns SIGUSR1 (checkpoint + requeue), the single requeue owner; elsewhere SIGUSR1
+means "checkpoint and stop".
 
 Under DDP the ranks agree first (any rank signalled -> all save and stop at the same batch): a save is a
 collective, and one rank saving while another runs on would deadlock. Under submitit, submitit has already
-installed its own SIGUSR1 handler (which requeues without a Lightning checkpoint), and Lightning does not replace
-an existing handler: `setup` removes submitit's so that Lightning's SLURM handler is installed.
+installed its own SIGUSR1 handler (which requeues without a Lightning checkpoint), and Lightning does not
+replace an existing handler: `setup` removes submitit's so that Lightning's SLURM handler is installed.
 """
 
 from __future__ import annotations
@@ -32,14 +33,22 @@ class PreemptionCheckpoint(L.Callback):
         #: why training stopped early ("SIGTERM" / "SIGUSR1"), None if it was not preempted
         self.preempted: str | None = None
 
-    def setup(self, trainer, pl_module, stage):
+    @staticmethod
+    def _slurm(trainer):
         from lightning.fabric.plugins.environments import SLURMEnvironment
 
         env = getattr(trainer.strategy, "cluster_environment", None)
-        if not hasattr(signal, "SIGUSR1"):
-            return
-        if isinstance(env, SLURMEnvironment):
+        return env if isinstance(env, SLURMEnvironment) else None
+
+    def setup(self, trainer, pl_module, stage):
+        env = self._slurm(trainer)
+        if env is not None and hasattr(signal, "SIGUSR1"):
             self._release_foreign_requeue_handler(env)
+
+    def on_train_start(self, trainer, pl_module):
+        # after Lightning's own signal set-up, which saves the handlers it finds and puts them back at its
+        # teardown (also after an exception, where no callback teardown runs): ours must not be among them
+        if self._slurm(trainer) is not None or not hasattr(signal, "SIGUSR1"):
             return
         try:
             self._signum = signal.SIGUSR1
@@ -55,13 +64,14 @@ class PreemptionCheckpoint(L.Callback):
         current = signal.getsignal(sig)
         if current in (None, signal.SIG_DFL, signal.SIG_IGN):
             return
-        owner = getattr(getattr(current, "__self__", None), "__module__", "") or getattr(current, "__module__", "")
+        bound_to = getattr(current, "__self__", None)
+        owner = getattr(bound_to, "__module__", "") or getattr(current, "__module__", "")
         if not owner.startswith("submitit"):
             return
         try:
             self._previous = signal.signal(sig, signal.SIG_DFL)
             self._signum = sig
-            log.info("SLURM: %s now handled by Lightning (checkpoint + requeue) instead of submitit", sig.name)
+            log.info("SLURM: %s handled by Lightning (checkpoint + requeue) instead of submitit", sig.name)
         except ValueError:
             self._previous = self._signum = None
 
@@ -69,6 +79,9 @@ class PreemptionCheckpoint(L.Callback):
         self._usr1 = True
 
     def teardown(self, trainer, pl_module, stage):
+        self._restore_handler()
+
+    def _restore_handler(self) -> None:
         if self._previous is not None and self._signum is not None:
             try:
                 signal.signal(self._signum, self._previous)
@@ -95,11 +108,19 @@ class PreemptionCheckpoint(L.Callback):
 
     def on_exception(self, trainer, pl_module, exception):
         """SIGTERM during validation: Lightning stops there, before any batch end. Single process only: under
-        DDP the ranks may stop at different points and a save is a collective."""
-        if not isinstance(exception, SIGTERMException) or self.preempted or trainer.world_size > 1:
-            return
-        if trainer.state.fn != "fit" or not trainer.received_sigterm:
-            return
+        DDP the ranks may stop at different points and a save is a collective. (Lightning calls no `teardown`
+        after an exception, so the signal handler is put back here too.)"""
+        try:
+            if self._should_save_on_exception(trainer, exception):
+                self._save_trained_weights(trainer, pl_module)
+        finally:
+            self._restore_handler()
+
+    def _should_save_on_exception(self, trainer, exception) -> bool:
+        return (isinstance(exception, SIGTERMException) and not self.preempted and trainer.world_size == 1
+                and trainer.state.fn == "fit" and trainer.received_sigterm)
+
+    def _save_trained_weights(self, trainer, pl_module) -> None:
         from refedit.callbacks.ema import EMA
 
         for cb in trainer.callbacks:  # validation runs on EMA weights: put the trained ones back first

@@ -1,11 +1,12 @@
 """The random stream of training (noise, timesteps, condition dropout) kept across a resume, one per rank.
 
-Lightning restores weights, optimiser and step, not the RNGs: without this a resumed run draws other noise than
-the uninterrupted run would have. The states are taken at save time on every rank, stored per global rank in
-`checkpoint["rng_states"]`, and put back right before the first resumed training step.
+Lightning restores weights, optimiser and step, not the RNGs: without this a resumed run draws other noise
+than the uninterrupted run would have. The states are taken at save time on every rank, stored per global
+rank in `checkpoint["rng_states"]`, and put back right before the first resumed training step.
 
-Lightning also re-seeds every DDP rank with the same seed, so all ranks would draw the same noise and timesteps;
-`decorrelate_ranks` offsets the training stream's seed by the global rank (rank 0 keeps the run's seed).
+Lightning also re-seeds every DDP rank with the same seed, so all ranks would draw the same noise and
+timesteps; `decorrelate_ranks` offsets the training stream's seed by the global rank (rank 0 keeps the run's
+seed).
 """
 
 from __future__ import annotations
@@ -66,8 +67,11 @@ class RNGState(L.Callback):
         if not self._loaded:
             return
         if len(self._loaded) != trainer.world_size:
-            log.warning("checkpoint holds RNG states of %d ranks, this run has %d: fresh random stream",
-                        len(self._loaded), trainer.world_size)
+            log.warning(
+                "checkpoint holds RNG states of %d ranks, this run has %d: fresh random stream",
+                len(self._loaded),
+                trainer.world_size,
+            )
         else:
             restore(self._loaded[trainer.global_rank])
         self._loaded = None

@@ -29,14 +29,16 @@ def _worker_init(worker_id: int) -> None:
 class ResumableSampler(DistributedSampler):
     """Shuffled training order that a resumed run continues exactly.
 
-    The permutation comes from (seed, epoch), never from the global RNG, so a resumed run regenerates the epoch's
-    order and skips the samples already trained on (a plain shuffled DataLoader restarts its epoch with a new
-    order: Lightning restores the step counter, not the loader's position). Being a DistributedSampler, Lightning
-    keeps it under DDP (each rank takes its slice of the same permutation) and calls `set_epoch` on it.
+    The permutation comes from (seed, epoch), never from the global RNG, so a resumed run regenerates the
+    epoch's order and skips the samples already trained on (a plain shuffled DataLoader restarts its epoch
+    with a new order: Lightning restores the step counter, not the loader's position). Being a
+    DistributedSampler, Lightning keeps it under DDP (each rank takes its slice of the same permutation) and
+    calls `set_epoch` on it.
     """
 
     def __init__(self, dataset: Dataset, *, num_replicas: int = 1, rank: int = 0, seed: int = 0):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed,
+                         drop_last=False)
         self._resume: tuple[int, int] | None = None
 
     def resume_at(self, epoch: int, skip: int) -> None:
