@@ -95,7 +95,7 @@ class NaNToyWorld(torch.utils.data.Dataset):
 
 
 class SendSignal(L.Callback):
-    """Sends `signum` to this process at the end of training step `at_step` (a scheduler's preemption notice)."""
+    """Sends `signum` to this process at the end of step `at_step` (a scheduler's preemption notice)."""
 
     def __init__(self, at_step: int, signum: int = int(signal.SIGUSR1)):
         self.at_step, self.signum = at_step, signum
@@ -255,8 +255,15 @@ def test_sigusr1_outside_slurm_checkpoints_and_stops(random_parts, tmp_path):
     before = signal.getsignal(signal.SIGUSR1)
     # the callback order puts the signal after the preemption callback's check: it is seen one step later
     with pytest.raises(SystemExit, match=r"stopped early \(SIGUSR1\) at step 3.*ckpt_path=last"):
-        train(_cfg(random_parts, tmp_path, "trainer.max_steps=50", f"+callbacks.usr1._target_={__name__}.SendSignal",
-                   "+callbacks.usr1.at_step=2"))
+        train(
+            _cfg(
+                random_parts,
+                tmp_path,
+                "trainer.max_steps=50",
+                f"+callbacks.usr1._target_={__name__}.SendSignal",
+                "+callbacks.usr1.at_step=2",
+            )
+        )
     assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 3
     assert signal.getsignal(signal.SIGUSR1) == before, "the SIGUSR1 handler was not restored"
 
@@ -265,9 +272,17 @@ def test_sigterm_during_validation_saves_the_trained_not_the_ema_weights(random_
     from refedit.train import train
 
     with pytest.raises(SystemExit, match=r"stopped early \(SIGTERM\) at step 2"):
-        train(_cfg(random_parts, tmp_path, "trainer.max_steps=50", "trainer.val_check_interval=2",
-                   "trainer.limit_val_batches=3", "data.val_dataset.length=6",
-                   f"+callbacks.sigterm._target_={__name__}.SigtermInValidation"))
+        train(
+            _cfg(
+                random_parts,
+                tmp_path,
+                "trainer.max_steps=50",
+                "trainer.val_check_interval=2",
+                "trainer.limit_val_batches=3",
+                "data.val_dataset.length=6",
+                f"+callbacks.sigterm._target_={__name__}.SigtermInValidation",
+            )
+        )
     ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 2
     differ = [k for k, v in ckpt["ema_state"].items() if not torch.equal(v, ckpt["state_dict"][k])]
@@ -294,11 +309,27 @@ def test_submitit_requeue_handler_is_handed_to_lightning():
         assert signal.getsignal(signal.SIGUSR1) is own
         signal.signal(signal.SIGUSR1, submitit_handler)
         cb._release_foreign_requeue_handler(env)
-        assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # Lightning's SLURM connector installs its own
+        # released: Lightning's SLURM signal connector then installs its own requeue handler
+        assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
         cb.teardown(None, None, "fit")
         assert signal.getsignal(signal.SIGUSR1) == submitit_handler
     finally:
         signal.signal(signal.SIGUSR1, before)
+
+
+def test_requeued_slurm_job_finds_lightnings_hpc_checkpoint_and_wandb_id(tmp_path, monkeypatch):
+    """A requeued job resumes from hpc_ckpt_<n>.ckpt by itself; train.py reads the newest's W&B run id."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    from refedit.train import _slurm_requeue_checkpoint, _stored_wandb_id
+
+    for n, run in ((2, "run-b"), (10, "run-c"), (1, "run-a")):
+        torch.save({"state_dict": {}, "wandb_run_id": run}, tmp_path / f"hpc_ckpt_{n}.ckpt")
+    monkeypatch.setattr(SLURMEnvironment, "detect", staticmethod(lambda: False))
+    assert _slurm_requeue_checkpoint(tmp_path) is None  # outside SLURM: never resumed implicitly
+    monkeypatch.setattr(SLURMEnvironment, "detect", staticmethod(lambda: True))
+    newest = _slurm_requeue_checkpoint(tmp_path)
+    assert newest == str(tmp_path / "hpc_ckpt_10.ckpt") and _stored_wandb_id(newest) == "run-c"
 
 
 # ----------------------------------------------------------------------------------------------- bad files

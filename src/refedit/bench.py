@@ -259,7 +259,8 @@ def bench_data(parts: str, work: Path, methods: Sequence[str], steps: int = 4, w
 # ----------------------------------------------------------------------------------------- sampler
 def bench_sampler(parts: str, work: Path, steps: tuple[int, int] = (5, 25), repeats: int = 3) -> None:
     """sd_inpaint's DDIM+CFG sampler vs diffusers' StableDiffusionInpaintPipeline on the same exported
-    weights. Per-step time = (T(long) - T(short)) / (long - short): fixed costs (encode, decode, text) cancel."""
+    weights. Per-step time = (T(long) - T(short)) / (long - short): fixed costs (encode, decode, text)
+    cancel."""
     import numpy as np
     from diffusers import StableDiffusionInpaintPipeline
     from PIL import Image
