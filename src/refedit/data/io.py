@@ -42,14 +42,18 @@ def read_image(path: PathLike) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def read_mask(path: PathLike) -> np.ndarray:
-    """Bool (H, W), True = edit. 8-bit masks use 255 = edit (threshold 127); 0/1 masks are accepted too."""
+def _read_single_channel(path: PathLike) -> np.ndarray:
+    """The file's values unchanged (8/16-bit), colour channels collapsed by max: masks saved as RGB still work."""
     p = _require(path)
     m = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
     if m is None or m.size == 0:
         raise CorruptFileError(p, "OpenCV could not decode it")
-    if m.ndim == 3:
-        m = m[..., :3].max(axis=2)
+    return m[..., :3].max(axis=2) if m.ndim == 3 else m
+
+
+def read_mask(path: PathLike) -> np.ndarray:
+    """Bool (H, W), True = edit. 8-bit masks use 255 = edit (threshold 127); 0/1 masks are accepted too."""
+    m = _read_single_channel(path)
     if m.dtype == np.uint16:
         return m > 32767
     if m.dtype == np.bool_:
@@ -59,12 +63,7 @@ def read_mask(path: PathLike) -> np.ndarray:
 
 def read_label_map(path: PathLike) -> np.ndarray:
     """Integer (H, W) map: an instance-id mask (0 = background) or a binary 0/255 mask (-> 0/1)."""
-    p = _require(path)
-    m = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
-    if m is None or m.size == 0:
-        raise CorruptFileError(p, "OpenCV could not decode it")
-    if m.ndim == 3:
-        m = m[..., :3].max(axis=2)
+    m = _read_single_channel(path)
     m = m.astype(np.int32)
     vals = np.unique(m)
     if len(vals) <= 2 and vals.max() == 255:
