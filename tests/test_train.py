@@ -25,12 +25,26 @@ def test_train_writes_checkpoint_and_prints_it(random_parts, tmp_path, capsys):
 
     path = train(_cfg(random_parts, tmp_path))
     assert Path(path).is_file()
-    assert capsys.readouterr().out.strip().splitlines()[-1] == f"checkpoint: {path}"
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] == f"checkpoint: {path}"
+    assert any(line.startswith("train/loss ") and "first 1 steps" in line for line in out), "no loss-trend line"
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert list((tmp_path / "images").glob("grid_*.png")), "the image grid was not written"
     ckpt = torch.load(path, weights_only=False)
     assert "ema_state" in ckpt and ckpt["ema_state"], "EMA weights missing from the checkpoint"
     assert not any(k.startswith(("codec.", "text_encoder.")) for k in ckpt["state_dict"]), "frozen parts stored"
+
+
+def test_loss_trend_compares_window_means():
+    from refedit.callbacks import LossTrend
+
+    cb = LossTrend(window=2)
+    for v in [4.0, 2.0, float("nan"), 3.0, 1.0, 0.5]:
+        cb.on_train_batch_end(None, None, {"loss": torch.tensor(v)}, None, 0)
+    s = cb.summary()
+    assert s == {"first": 3.0, "last": 0.75, "window": 2, "steps": 5}
+    with pytest.raises(ValueError, match="window"):
+        LossTrend(window=0)
 
 
 def test_checkpoint_reloads_for_inference(random_parts, tmp_path):
