@@ -58,9 +58,12 @@ def test_ensure_probe_trains_once_and_caches(tmp_path, monkeypatch):
     import refedit.eval.features as feats
 
     monkeypatch.setattr(feats, "train_probe", lambda *a, **k: pytest.fail("retrained a cached probe"))
-    again = ensure_probe(tmp_path / "probe")
+    again = ensure_probe(tmp_path / "probe", cfg)
     x = _imgs(2, 32)
     assert torch.equal(again(x), probe(x))
+    assert probe_ready(tmp_path / "probe") and probe_ready(tmp_path / "probe", cfg)
+    assert not probe_ready(tmp_path / "probe", ProbeConfig(num_train=48, num_heldout=16, steps=3, batch=8)), \
+        "a probe trained with another budget must not be reused"
 
 
 @pytest.mark.slow

@@ -33,7 +33,7 @@ from transformers import (
 
 log = logging.getLogger(__name__)
 
-FOUNDATIONS_VERSION = "toyworld-foundations-v1"
+FOUNDATIONS_VERSION = "toyworld-foundations-v2"
 PARTS = ("vae", "text_encoder", "tokenizer", "image_encoder", "feature_extractor", "clip")
 _CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,'-!?"
 
@@ -233,28 +233,51 @@ def build_foundations(out_dir: str | os.PathLike, cfg: FoundationsConfig | None 
     return out_dir
 
 
-def foundations_ready(path: str | os.PathLike) -> bool:
+def foundations_ready(path: str | os.PathLike, cfg: FoundationsConfig | None = None) -> bool:
+    """True when `path` holds foundations of this version (and, when `cfg` is given, of exactly that budget)."""
     p = Path(path)
     if not (p / "foundations.json").is_file():
         return False
     info = json.loads((p / "foundations.json").read_text())
-    return info.get("version") == FOUNDATIONS_VERSION and all((p / part).is_dir() for part in PARTS)
+    if info.get("version") != FOUNDATIONS_VERSION or not all((p / part).is_dir() for part in PARTS):
+        return False
+    return cfg is None or info.get("config") == json.loads(json.dumps(asdict(cfg)))
+
+
+def config_from_dict(cls, values, where: str):
+    """A dataclass config from a (Hydra) mapping, naming the config key on an unknown field."""
+    from dataclasses import fields
+
+    values = dict(values or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise KeyError(f"{where}: unknown key(s) {unknown}; {cls.__name__} has {sorted(known)}")
+    return cls(**values)
 
 
 def ensure_foundations(path: str | os.PathLike, cfg: FoundationsConfig | None = None) -> Path:
-    """Return the cached foundations dir, building it first when missing (or of an older version)."""
+    """Return the cached foundations dir, building it first when missing, of an older version or of another
+    budget than `cfg` (default: `FoundationsConfig()`)."""
     from filelock import FileLock
 
+    cfg = cfg or FoundationsConfig()
     p = Path(os.path.expanduser(str(path)))
-    if foundations_ready(p):
+    if foundations_ready(p, cfg):
         return p
     p.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(p) + ".lock"):  # concurrent jobs (multirun, several users) build it once
-        if foundations_ready(p):
+        if foundations_ready(p, cfg):
             return p
-        print(f"refedit: building the toyworld foundations (tiny VAE + CLIP) into {p} — once, about 3 min "
-              f"on 2 cores", flush=True)
+        why = "a different version or budget is cached there" if (p / "foundations.json").is_file() else "once"
+        print(f"refedit: building the toyworld foundations (tiny VAE + CLIP) into {p} ({why}; "
+              f"~{_expected_minutes(cfg):.0f} min on 2 cores)", flush=True)
         return build_foundations(p, cfg)
+
+
+def _expected_minutes(cfg: FoundationsConfig) -> float:
+    """Rough wall time on 2 CPU cores, for the message only."""
+    return max(1.0, (cfg.vae_steps * 0.2 + cfg.clip_steps * 0.08 + cfg.num_images * 0.004) / 60)
 
 
 def save_random_foundations(out_dir: str | os.PathLike, resolution: int = 64, seed: int = 0,

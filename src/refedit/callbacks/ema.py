@@ -2,12 +2,38 @@
 
 The EMA weights are swapped in for validation and image logging, saved in every checkpoint under
 `ema_state` (parameter name -> tensor), restored on resume, and used by `load_method` / export.
+
+Under FSDP (`use_orig_params=True`) each rank averages only its own shards of the parameters, so the update
+costs no communication; a checkpoint gathers the full EMA tensors (every rank takes part, as in FSDP's own
+state-dict gathering) and a resumed run scatters them back into shards. Names never carry wrapper prefixes
+(`_fsdp_wrapped_module.`, `_checkpoint_wrapped_module.`, `_orig_mod.`), so `ema_state` is the same with any
+strategy and a checkpoint moves between them.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import lightning as L
 import torch
+
+_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def clean_name(name: str) -> str:
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def _fsdp_root(trainer) -> torch.nn.Module | None:
+    """The root FSDP module when the trainer shards the model with FSDP, else None."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    strategy = getattr(trainer, "strategy", None)
+    if isinstance(strategy, FSDPStrategy) and strategy.model is not None:
+        return strategy.model
+    return None
 
 
 class EMA(L.Callback):
@@ -25,14 +51,20 @@ class EMA(L.Callback):
 
     def _params(self, pl_module) -> dict[str, torch.nn.Parameter]:
         ids = {id(p) for p in pl_module.trainable_parameters()}
-        return {n: p for n, p in pl_module.named_parameters() if id(p) in ids}
+        return {clean_name(n): p for n, p in pl_module.named_parameters() if id(p) in ids}
 
     def on_fit_start(self, trainer, pl_module):
         params = self._params(pl_module)
+        root = _fsdp_root(trainer)
         if not self.shadow:
             self.shadow = {n: p.detach().clone() for n, p in params.items()}
+        elif root is not None:  # resumed under FSDP: the checkpoint holds full tensors, this rank keeps its shards
+            self.shadow = self._scatter_full(root, params, self.shadow)
         else:  # resumed: move restored tensors to the module's device
-            self.shadow = {n: t.to(params[n].device) for n, t in self.shadow.items()}
+            missing = sorted(set(params) - set(self.shadow))
+            if missing:
+                raise KeyError(f"EMA: the checkpoint's ema_state lacks trainable parameters {missing[:5]}")
+            self.shadow = {n: self.shadow[n].to(params[n].device) for n in params}
         names = list(params)
         self._pairs = ([self.shadow[n] for n in names], [params[n] for n in names])
 
@@ -71,8 +103,57 @@ class EMA(L.Callback):
         if self.swap_for_validation and not trainer.sanity_checking:
             self.swap_out(pl_module)
 
+    @torch.no_grad()
+    def _with_shadow_in_params(self, params: dict[str, torch.nn.Parameter]):
+        """Context: the (local) parameters hold the EMA values; the training values come back on exit."""
+        backup = {n: p.detach().clone() for n, p in params.items()}
+
+        @contextlib.contextmanager
+        def ctx():
+            try:
+                for n, p in params.items():
+                    p.copy_(self.shadow[n])
+                yield
+            finally:
+                for n, p in params.items():
+                    p.copy_(backup[n])
+
+        return ctx()
+
+    @torch.no_grad()
+    def _gather_full(self, root: torch.nn.Module, params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        on_gpu = any(p.is_cuda for p in params.values())  # gather into host memory; FSDP offloads only from CUDA
+        with self._with_shadow_in_params(params), \
+                FSDP.summon_full_params(root, writeback=False, offload_to_cpu=on_gpu):
+            return {clean_name(n): p.detach().cpu().clone() for n, p in root.named_parameters()
+                    if clean_name(n) in params}
+
+    @torch.no_grad()
+    def _scatter_full(self, root: torch.nn.Module, params: dict[str, torch.nn.Parameter],
+                      full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        missing = sorted(set(params) - set(full))
+        if missing:
+            raise KeyError(f"EMA: the checkpoint's ema_state lacks trainable parameters {missing[:5]}")
+        backup = {n: p.detach().clone() for n, p in params.items()}
+        with FSDP.summon_full_params(root, writeback=True):
+            for n, p in root.named_parameters():
+                if clean_name(n) in params:
+                    p.copy_(full[clean_name(n)])
+        shards = {n: p.detach().clone() for n, p in params.items()}
+        for n, p in params.items():
+            p.copy_(backup[n])
+        return shards
+
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-        checkpoint["ema_state"] = {n: t.detach().cpu() for n, t in self.shadow.items()}
+        root = _fsdp_root(trainer)
+        if root is not None and self.shadow:  # collective: every rank saves, as FSDP's state dict needs
+            checkpoint["ema_state"] = self._gather_full(root, self._params(pl_module))
+        else:
+            checkpoint["ema_state"] = {n: t.detach().cpu() for n, t in self.shadow.items()}
         checkpoint["ema_decay"] = self.decay
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint):

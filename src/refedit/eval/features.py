@@ -282,14 +282,18 @@ def train_probe(cfg: ProbeConfig | None = None) -> tuple[ToyworldProbe, dict[str
     return probe, info
 
 
-def probe_ready(cache_dir: str | os.PathLike) -> bool:
+def probe_ready(cache_dir: str | os.PathLike, cfg: ProbeConfig | None = None) -> bool:
+    """True when `cache_dir` holds a probe of this version (and, when `cfg` is given, trained with exactly it)."""
     p = Path(os.path.expanduser(str(cache_dir)))
     if not (p / "probe.json").is_file() or not (p / "probe.safetensors").is_file():
         return False
     try:
-        return json.loads((p / "probe.json").read_text()).get("version") == PROBE_VERSION
+        info = json.loads((p / "probe.json").read_text())
     except json.JSONDecodeError:
         return False
+    if info.get("version") != PROBE_VERSION:
+        return False
+    return cfg is None or info.get("train") == json.loads(json.dumps(asdict(cfg)))
 
 
 def build_probe(cache_dir: str | os.PathLike, cfg: ProbeConfig | None = None) -> ToyworldProbe:
@@ -313,12 +317,19 @@ def build_probe(cache_dir: str | os.PathLike, cfg: ProbeConfig | None = None) ->
 
 def ensure_probe(cache_dir: str | os.PathLike, cfg: ProbeConfig | None = None) -> ToyworldProbe:
     """The cached probe of `cache_dir` (the probe's own directory: probe.safetensors + probe.json),
-    trained first when missing or of an older version (~2.5 min on one busy CPU core; ProbeConfig's steps
+    trained first when missing, of an older version or trained with another `cfg` (~2.5 min on one busy CPU core; ProbeConfig's steps
     and num_train trade accuracy for time)."""
-    if probe_ready(cache_dir):
+    cfg = cfg or ProbeConfig()
+    if probe_ready(cache_dir, cfg):
         return ToyworldProbe.load(cache_dir)
-    print(f"refedit: training the toyworld feature probe into {cache_dir} — once, a few minutes on a CPU")
-    build_probe(cache_dir, cfg)
+    from filelock import FileLock
+
+    Path(os.path.expanduser(str(cache_dir))).parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(os.path.expanduser(str(cache_dir)) + ".lock"):  # concurrent evals train it once
+        if not probe_ready(cache_dir, cfg):
+            print(f"refedit: training the toyworld feature probe into {cache_dir} — once, about "
+                  f"{max(1, round(cfg.steps * 0.07 / 60))} min on a CPU", flush=True)
+            build_probe(cache_dir, cfg)
     return ToyworldProbe.load(cache_dir)
 
 
@@ -471,7 +482,8 @@ class InceptionFeatures(FeatureExtractor):
 
 # ------------------------------------------------------------------------------------------------ factory
 def build_feature_extractor(name: str = "probe", path: str | os.PathLike | None = None,
-                            cache_dir: str | os.PathLike | None = None) -> FeatureExtractor:
+                            cache_dir: str | os.PathLike | None = None,
+                            probe_cfg: ProbeConfig | None = None) -> FeatureExtractor:
     """'probe' (default): the probe in `path` if given, else the cached one in `cache_dir` (trained on first
     use); 'clip' / 'dino': a local transformers directory; 'inception': a local TorchScript file."""
     key = (name or "probe").lower()
@@ -480,7 +492,7 @@ def build_feature_extractor(name: str = "probe", path: str | os.PathLike | None 
             return ToyworldProbe.load(path)
         if cache_dir is None:
             raise ValueError("feature extractor 'probe' needs cache_dir (where the probe is cached) or path")
-        return ensure_probe(cache_dir)
+        return ensure_probe(cache_dir, probe_cfg)
     if key == "clip":
         return ClipFeatures(path)
     if key == "dino":
