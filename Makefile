@@ -15,7 +15,7 @@ JOBS ?= 2
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
-export OMP_WAIT_POLICY ?= PASSIVE
+export GOMP_SPINCOUNT ?= 10000
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 export HF_HUB_OFFLINE ?= 1
@@ -42,10 +42,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv with pinned torch ($$TORCH_SPEC) and refedit (+dev tools)
 
 test: $(STAMP) ## fast test suite (< 15 min on 2 cores; CI runs this)
-	$(VENV)/bin/pytest -q -n $(JOBS) -m "not slow"
+	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/pytest -q -n $(JOBS) -m "not slow"
 
 test-full: $(STAMP) ## every test, including the slow ones
-	$(VENV)/bin/pytest -q -n $(JOBS)
+	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/pytest -q -n $(JOBS)
 
 train: $(STAMP) ## train one method: make train METHOD=mimicbrush PRESET=smoke ARGS='trainer.max_steps=100'
 	$(PY) -m refedit.train method=$(METHOD) $(preset_arg) $(ARGS)

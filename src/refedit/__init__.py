@@ -2,8 +2,10 @@
 
 import os
 
-# OpenMP threads that spin while waiting make a shared or oversubscribed CPU up to 20x slower (measured: a tiny VAE
-# step 6.8 s -> 0.3 s with one busy neighbour core). Set before torch is imported by any refedit entry point.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# How long idle OpenMP threads spin before sleeping. libgomp's default (300k) wastes a shared or oversubscribed CPU;
+# OMP_WAIT_POLICY=PASSIVE (no spin) costs 1.6x on an idle one. A tiny-VAE train step on 2 cores, idle / one busy
+# neighbour core: default 121 / 403 ms, PASSIVE 190 / 296 ms, spin 10000: 128 / 424 ms. Effective only when set
+# before torch loads OpenMP (the Makefile exports it; `make test` uses PASSIVE: its workers share the cores).
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 __version__ = "0.1.0"

@@ -97,13 +97,15 @@ def _optimizers(model) -> tuple[torch.optim.Optimizer, Any]:
 
 
 def bare_step_fn(
-    model, clip: float | None = 1.0, autocast: torch.dtype | None = None
+    model, clip: float | None = 1.0, autocast: torch.dtype | None = None, ema_decay: float | None = None
 ) -> Callable[[dict[str, Any]], float]:
     """One plain-PyTorch training step: the same loss, optimiser, scheduler and clipping as the trainer
-    (`autocast`: mixed-precision forward, as Lightning's `bf16-mixed`)."""
+    (`autocast`: mixed-precision forward, as Lightning's `bf16-mixed`; `ema_decay`: the same weight averaging
+    as the EMA callback, which a hand-written loop would do too)."""
     opt, sched = _optimizers(model)
     params = [p for p in model.trainable_parameters() if p.requires_grad]
     device_type = next(iter(params)).device.type
+    shadows = [p.detach().clone() for p in params] if ema_decay else None
     model.train()
 
     def step(batch: dict[str, Any]) -> float:
@@ -118,6 +120,9 @@ def bare_step_fn(
         opt.step()
         if sched is not None:
             sched.step()
+        if shadows is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(shadows, [p.detach() for p in params], 1 - ema_decay)
         return float(loss.detach())
 
     return step
@@ -211,13 +216,16 @@ def bench_loop(parts: str, work: Path, n: int = 30, warmup: int = 5) -> None:
     cfg = tiny_cfg(parts, work / "loop", "sd_inpaint", smoke=False)
     batches = method_batches(cfg, 8)
     L.seed_everything(cfg.seed, verbose=False)
-    step = bare_step_fn(build_method(cfg.method), clip=cfg.trainer.get("gradient_clip_val"))
+    ema = (cfg.get("callbacks") or {}).get("ema")
+    step = bare_step_fn(build_method(cfg.method), clip=cfg.trainer.get("gradient_clip_val"),
+                        ema_decay=float(ema.decay) if ema else None)
     light, bare = lightning_step_times(cfg, batches, n, warmup, paired=step)
     mb, ml = statistics.median(bare), statistics.median(light)
     emit(
         "loop_setting",
         f"sd_inpaint tiny, batch {cfg.data.batch_size}, {n} steps after {warmup} warm-up, "
-        f"{torch.get_num_threads()} threads, default train config (logger, callbacks), paired steps",
+        f"{torch.get_num_threads()} threads, default train config (logger, callbacks), paired steps; the bare "
+        f"loop does the same work (loss, clipping, optimiser, scheduler{', EMA update' if ema else ''})",
     )
     emit("loop_step_ms_bare", mb * 1e3)
     emit("loop_step_ms_lightning", ml * 1e3)

@@ -41,7 +41,7 @@ _CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,'-!?"
 @dataclass
 class FoundationsConfig:
     resolution: int = 64
-    vae_steps: int = 700
+    vae_steps: int = 2000      # held-out PSNR jumps after ~1000 steps (21.9 dB at 700-1000, 26.2 dB at 2000)
     vae_batch: int = 16
     vae_crop: int = 32          # trained on random crops (a conv VAE is size-agnostic): 4x cheaper than 64 px
     vae_lr: float = 2e-3
@@ -56,7 +56,8 @@ class FoundationsConfig:
 def vae_config(resolution: int) -> dict:
     return dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 3,
                 up_block_types=["UpDecoderBlock2D"] * 3, block_out_channels=[32, 64, 64], layers_per_block=1,
-                latent_channels=4, norm_num_groups=16, sample_size=resolution)
+                latent_channels=4, norm_num_groups=16, sample_size=resolution,
+                mid_block_add_attention=False)  # no attention: a conv VAE is size-agnostic and 5% faster
 
 
 def clip_config(vocab_size: int, image_size: int, bos: int, eos: int, pad: int) -> CLIPConfig:
@@ -277,7 +278,7 @@ def ensure_foundations(path: str | os.PathLike, cfg: FoundationsConfig | None = 
 
 def _expected_minutes(cfg: FoundationsConfig) -> float:
     """Rough wall time on 2 CPU cores, for the message only."""
-    return max(1.0, (cfg.vae_steps * 0.2 + cfg.clip_steps * 0.08 + cfg.num_images * 0.004) / 60)
+    return max(1.0, (cfg.vae_steps * 0.14 + cfg.clip_steps * 0.08 + cfg.num_images * 0.004) / 60)
 
 
 def save_random_foundations(out_dir: str | os.PathLike, resolution: int = 64, seed: int = 0,

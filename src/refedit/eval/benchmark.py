@@ -91,7 +91,9 @@ def run_method(name: str, model, task: str, batches: list[dict[str, Any]], cfg: 
         scores = score(task, batch, pred, feature_fn)
         for i, meta in enumerate(batch["meta"]):
             rows.append({"method": name, "task": task, "sample_id": meta["id"], "seconds": timer.seconds_per_sample,
-                         "peak_mem_mb": timer.peak_mem_mb, **{k: float(v[i]) for k, v in scores.items()}})
+                         # what this method's sampling added on top of what the process already held (every
+                         # compared model stays loaded, so a process-wide peak would be the same for all rows)
+                         "mem_added_mb": timer.mem_delta_mb, **{k: float(v[i]) for k, v in scores.items()}})
         preds.append(pred)
         targets.append(batch["video"] if task == "subject_video" else batch["target"])
     return rows, {"pred": torch.cat(preds), "target": torch.cat(targets)}

@@ -3,7 +3,7 @@ report, PNG plots (metric bars with CI per task, quality vs time, sample grids),
 W&B table.
 
 Input: a list of per-sample rows, each a dict with `method`, `task`, `sample_id` and numeric metric values
-(e.g. psnr_masked, identity, seconds, peak_mem_mb). Set-level scores (FID, KID, FVD: one number per method
+(e.g. psnr_masked, identity, seconds, mem_added_mb). Set-level scores (FID, KID, FVD: one number per method
 x task) are passed separately as `set_scores` rows {method, task, metric, value, n}; they have no CI.
 """
 
