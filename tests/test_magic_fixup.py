@@ -213,6 +213,9 @@ def test_checkpoint_roundtrip_keeps_detail_processors(model, random_parts):
 
 def test_schedule_and_sampling_start(model):
     assert model.schedule.train_scheduler.alphas_cumprod[-1] == 0  # zero terminal SNR
+    from refedit.utils.config import compose
+
+    assert compose("train", ["method=magic_fixup"]).method.prediction_type == "v_prediction"  # toyworld default
     sched = model.schedule.ddim()
     sched.set_timesteps(50)
     assert int(sched.timesteps[0]) == 981 and int(sched.timesteps[-1]) == 1
@@ -325,6 +328,8 @@ def test_full_size_sd14_on_meta():
     assert "SHARD_GRAD_OP" in str(strategy.sharding_strategy)
     m = build_method(cfg.method, meta=True)
     assert isinstance(m, MagicFixup)
+    assert m.schedule.prediction_type == "epsilon"  # the authors' parameterisation at paper scale
+    assert m.schedule.train_scheduler.alphas_cumprod[-1] == 0
     assert m.synthesizer.config.in_channels == 9 and m.extractor.config.in_channels == 9
     assert len(m.detail_block_names) == 16  # 6 down, 1 mid, 9 up
     n_syn = sum(p.numel() for p in m.synthesizer.parameters())

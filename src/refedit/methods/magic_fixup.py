@@ -28,7 +28,7 @@ one forward/backward of a width-scaled twin pair at build time and left out of `
 needs no ``find_unused_parameters``).
 
 Schedule: scaled-linear with zero-terminal-SNR rescaling (the authors' code default, ``zero_terminal_snr``),
-epsilon loss. DDIM keeps the ``leading`` spacing (first step t=981 of 50, the authors' uniform discretisation):
+epsilon loss (``prediction_type``; the toyworld default uses v-prediction, see conf/method/magic_fixup.yaml). DDIM keeps the ``leading`` spacing (first step t=981 of 50, the authors' uniform discretisation):
 with epsilon prediction the trailing spacing would start at t=999 where alpha_bar = 0 and the x0 estimate divides
 by zero.
 
@@ -325,13 +325,17 @@ class MagicFixup(LatentEditModule):
 
     def build(self, detail_blocks: Sequence[str] = BLOCK_GROUPS, zero_terminal_snr: bool = True,
               sampling_timestep_spacing: str = "leading", inpaint_radius: float = 3.0, hole_dilation: int = 7,
-              holes_from_black: bool = True) -> None:
+              holes_from_black: bool = True, prediction_type: str | None = None) -> None:
         self.detail_groups = tuple(detail_blocks)
         self.inpaint_radius = float(inpaint_radius)
         self.hole_dilation = int(hole_dilation)
         self.holes_from_black = bool(holes_from_black)
         self.sampling_cfg.setdefault("start_strength", 1.0)
         sched = {**self.backbone_cfg["scheduler"], "rescale_betas_zero_snr": bool(zero_terminal_snr)}
+        if prediction_type is not None:  # None: the backbone's (epsilon for SD-1.x, the authors' choice)
+            if prediction_type not in ("epsilon", "v_prediction"):
+                raise ValueError(f"method.prediction_type={prediction_type!r}: use epsilon or v_prediction")
+            sched["prediction_type"] = prediction_type
         self.schedule = NoiseSchedule(sched)
         if zero_terminal_snr:
             if sampling_timestep_spacing == "trailing" and self.schedule.prediction_type == "epsilon":
