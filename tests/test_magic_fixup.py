@@ -311,7 +311,7 @@ def test_masked_psnr_pipeline(model):
 
     ds = ToyWorldDataset("coarse_edit", split="benchmark", length=2)
     res = mod.evaluate(model, ds, batch_size=2, num_steps=2)
-    assert set(res) == {"coarse", "coarse_filled", "vae_target", "fixup"}
+    assert set(res) == {"coarse", "coarse_filled", "vae_coarse", "vae_target", "fixup"}
     assert all(np.isfinite(list(res.values())))
     assert res["coarse_filled"] > res["coarse"]  # inpainted holes are closer to the target than grey holes
 
