@@ -80,3 +80,26 @@ def test_missing_checkpoint_and_unknown_option(files, tmp_path):
     assert res.returncode != 0 and "ckpt=" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     res = _edit("ckpt=x", "out=y", "colour=red")
     assert res.returncode != 0 and "unknown option 'colour'" in res.stderr
+
+
+def test_depth_option_is_loaded_normalised_and_checked(tmp_path):
+    """`depth=` (MimicBrush shape control): a 16-bit depth PNG becomes batch['depth'] (1,1,R,R) in [0,1],
+    white = near; a size mismatch or a constant map is an error naming the option."""
+    from refedit.edit import load_inputs
+    from refedit.utils.images import InputError
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(tmp_path / "src.png")
+    depth = np.tile(np.linspace(1000, 60000, 56, dtype=np.uint16), (40, 1))
+    Image.fromarray(depth).save(tmp_path / "depth.png")  # mode I;16
+    batch, _ = load_inputs({"source": str(tmp_path / "src.png"), "depth": str(tmp_path / "depth.png")},
+                           ("source",), 32)
+    d = batch["depth"]
+    assert d.shape == (1, 1, 32, 32) and float(d.min()) >= 0 and float(d.max()) <= 1
+    assert float(d[0, 0, :, -1].mean()) > 0.95 and float(d[0, 0, :, 0].mean()) < 0.05  # order kept, min-max scaled
+    Image.fromarray(depth[:30]).save(tmp_path / "small.png")
+    with pytest.raises(InputError, match="depth=.*differs from source"):
+        load_inputs({"source": str(tmp_path / "src.png"), "depth": str(tmp_path / "small.png")}, ("source",), 32)
+    Image.fromarray(np.full((40, 56), 7, np.uint8)).save(tmp_path / "flat.png")
+    with pytest.raises(InputError, match="depth=.*constant"):
+        load_inputs({"source": str(tmp_path / "src.png"), "depth": str(tmp_path / "flat.png")}, ("source",), 32)

@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from refedit.utils.cli import UsageError, parse_kv
 from refedit.utils.images import (
     InputError,
     image_to_tensor,
     mask_to_tensor,
+    read_depth,
     read_image,
     resize_image,
     resize_mask,
@@ -85,6 +87,14 @@ def load_inputs(args: dict[str, str], needed: tuple[str, ...],
                 raise InputError(f"mask={args[key]}: the mask is empty (all zero): nothing to edit "
                                  f"(white = region to edit)")
             batch[key] = (m if resolution is None else resize_mask(m, resolution))[None]
+    if "depth" in args:  # MimicBrush shape control: a depth map of the source (white = near)
+        d = read_depth(args["depth"])
+        if orig_hw is not None and tuple(d.shape[-2:]) != tuple(orig_hw):
+            raise InputError(f"depth={args['depth']}: size {d.shape[-1]}x{d.shape[-2]} differs from source "
+                             f"{orig_hw[1]}x{orig_hw[0]}")
+        if resolution is not None:
+            d = F.interpolate(d[None], size=(resolution, resolution), mode="bilinear", align_corners=False)[0]
+        batch["depth"] = d[None]
     if "coarse" in batch and "valid" not in batch:
         batch["valid"] = torch.ones_like(batch["coarse"][:, :1])
     if "caption" in args:
@@ -103,7 +113,7 @@ def edit_result(args: dict[str, str]) -> tuple[torch.Tensor, Any, tuple | None]:
 
     if not Path(args["ckpt"]).is_file():
         raise InputError(f"ckpt={args['ckpt']}: no such file")
-    for key in (*IMAGE_KEYS, *MASK_KEYS):  # fail fast, before the checkpoint is loaded
+    for key in (*IMAGE_KEYS, *MASK_KEYS, "depth"):  # fail fast, before the checkpoint is loaded
         if key in args and not Path(args[key]).exists():
             raise InputError(f"{key}={args[key]}: no such file")
     model = load_method(args["ckpt"])

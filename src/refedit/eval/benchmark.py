@@ -141,6 +141,12 @@ def evaluate(models: Mapping[str, Any], cfg: BenchmarkConfig, feature_fn: Featur
     return summary
 
 
+def _short_id(sample_id: str, task: str) -> str:
+    """A sample id without its task prefix (the grid's title names the task), so the row label fits its cell."""
+    sid = str(sample_id)
+    return sid[len(task) + 1:] if sid.startswith(task + "-") else sid
+
+
 def _sample_grid(task: str, batch: Mapping[str, Any], shown: Mapping[str, torch.Tensor], path: Path) -> Path:
     """One row per sample: the inputs (condition), then every method's result, then the target. Clips show
     their middle frame."""
@@ -159,5 +165,6 @@ def _sample_grid(task: str, batch: Mapping[str, Any], shown: Mapping[str, torch.
         rows.append(row)
     labels = ([cond_key] if cond_key in batch else []) + names
     path.parent.mkdir(parents=True, exist_ok=True)
-    report.save_sample_grid(rows, path, col_labels=labels, row_labels=[m["id"] for m in batch["meta"][:n]])
+    report.save_sample_grid(rows, path, col_labels=labels, row_labels=[_short_id(m["id"], task) for m in batch["meta"][:n]],
+                            title=f"{task}: first benchmark samples")
     return path

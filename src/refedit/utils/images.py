@@ -93,6 +93,28 @@ def mask_to_tensor(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy((arr >= 128).astype(np.float32))[None]
 
 
+def read_depth(path: str | os.PathLike, *, name: str = "depth") -> torch.Tensor:
+    """A depth map image (8- or 16-bit grey, or float TIFF) as (1,H,W) in [0,1], min-max normalised, white =
+    near (inverse depth, as Depth Anything's output and toyworld's `depth`)."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = os.fspath(path)
+    if not os.path.isfile(p):
+        raise InputError(f"{name}={p}: no such file")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            arr = np.asarray(im if im.mode in ("I", "I;16", "I;16B", "F") else im.convert("L")).astype(np.float32)
+    except (UnidentifiedImageError, OSError) as e:
+        raise InputError(f"{name}={p}: not a readable image ({type(e).__name__})") from e
+    if arr.ndim != 2:
+        raise InputError(f"{name}={p}: expected a single-channel depth map, got shape {arr.shape}")
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi - lo < 1e-6:
+        raise InputError(f"{name}={p}: the depth map is constant: no shape to control")
+    return torch.from_numpy((arr - lo) / (hi - lo))[None]
+
+
 def resize_image(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     size = (size, size) if isinstance(size, int) else size
     return F.interpolate(x[None], size=size, mode="bicubic", align_corners=False, antialias=True)[0].clamp(-1, 1)
