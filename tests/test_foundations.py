@@ -6,13 +6,8 @@ import json
 
 import pytest
 
-from refedit.backbone.foundations import (
-    FoundationsConfig,
-    config_from_dict,
-    ensure_foundations,
-    foundations_ready,
-)
-from refedit.utils.config import compose
+from refedit.backbone.foundations import FoundationsConfig, ensure_foundations, foundations_ready
+from refedit.utils.config import compose, config_from_dict
 
 
 def test_foundations_cached_per_budget(tmp_path, monkeypatch):

@@ -31,6 +31,8 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
+from refedit.utils.config import stored_matches
+
 log = logging.getLogger(__name__)
 
 FOUNDATIONS_VERSION = "toyworld-foundations-v2"
@@ -242,19 +244,7 @@ def foundations_ready(path: str | os.PathLike, cfg: FoundationsConfig | None = N
     info = json.loads((p / "foundations.json").read_text())
     if info.get("version") != FOUNDATIONS_VERSION or not all((p / part).is_dir() for part in PARTS):
         return False
-    return cfg is None or info.get("config") == json.loads(json.dumps(asdict(cfg)))
-
-
-def config_from_dict(cls, values, where: str):
-    """A dataclass config from a (Hydra) mapping, naming the config key on an unknown field."""
-    from dataclasses import fields
-
-    values = dict(values or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise KeyError(f"{where}: unknown key(s) {unknown}; {cls.__name__} has {sorted(known)}")
-    return cls(**values)
+    return cfg is None or stored_matches(info.get("config"), cfg)
 
 
 def ensure_foundations(path: str | os.PathLike, cfg: FoundationsConfig | None = None) -> Path:

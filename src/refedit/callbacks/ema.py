@@ -58,13 +58,14 @@ class EMA(L.Callback):
         root = _fsdp_root(trainer)
         if not self.shadow:
             self.shadow = {n: p.detach().clone() for n, p in params.items()}
-        elif root is not None:  # resumed under FSDP: the checkpoint holds full tensors, this rank keeps its shards
-            self.shadow = self._scatter_full(root, params, self.shadow)
-        else:  # resumed: move restored tensors to the module's device
+        else:  # resumed
             missing = sorted(set(params) - set(self.shadow))
             if missing:
                 raise KeyError(f"EMA: the checkpoint's ema_state lacks trainable parameters {missing[:5]}")
-            self.shadow = {n: self.shadow[n].to(params[n].device) for n in params}
+            if root is not None:  # under FSDP: the checkpoint holds full tensors, this rank keeps its shards
+                self.shadow = self._scatter_full(root, params, self.shadow)
+            else:
+                self.shadow = {n: self.shadow[n].to(params[n].device) for n in params}
         names = list(params)
         self._pairs = ([self.shadow[n] for n in names], [params[n] for n in names])
 
@@ -103,50 +104,43 @@ class EMA(L.Callback):
         if self.swap_for_validation and not trainer.sanity_checking:
             self.swap_out(pl_module)
 
-    @torch.no_grad()
-    def _with_shadow_in_params(self, params: dict[str, torch.nn.Parameter]):
-        """Context: the (local) parameters hold the EMA values; the training values come back on exit."""
+    @staticmethod
+    @contextlib.contextmanager
+    def _restored_after(params: dict[str, torch.nn.Parameter]):
+        """Context: whatever is written into the (local) parameters inside, the training values come back."""
         backup = {n: p.detach().clone() for n, p in params.items()}
-
-        @contextlib.contextmanager
-        def ctx():
-            try:
-                for n, p in params.items():
-                    p.copy_(self.shadow[n])
-                yield
-            finally:
+        try:
+            yield
+        finally:
+            with torch.no_grad():
                 for n, p in params.items():
                     p.copy_(backup[n])
 
-        return ctx()
-
     @torch.no_grad()
     def _gather_full(self, root: torch.nn.Module, params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+        """Full EMA tensors from every rank's shards (collective)."""
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
         on_gpu = any(p.is_cuda for p in params.values())  # gather into host memory; FSDP offloads only from CUDA
-        with self._with_shadow_in_params(params), \
-                FSDP.summon_full_params(root, writeback=False, offload_to_cpu=on_gpu):
-            return {clean_name(n): p.detach().cpu().clone() for n, p in root.named_parameters()
-                    if clean_name(n) in params}
+        with self._restored_after(params):
+            for n, p in params.items():
+                p.copy_(self.shadow[n])
+            with FSDP.summon_full_params(root, writeback=False, offload_to_cpu=on_gpu):
+                return {clean_name(n): p.detach().cpu().clone() for n, p in root.named_parameters()
+                        if clean_name(n) in params}
 
     @torch.no_grad()
     def _scatter_full(self, root: torch.nn.Module, params: dict[str, torch.nn.Parameter],
                       full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This rank's shards of full EMA tensors (collective)."""
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-        missing = sorted(set(params) - set(full))
-        if missing:
-            raise KeyError(f"EMA: the checkpoint's ema_state lacks trainable parameters {missing[:5]}")
-        backup = {n: p.detach().clone() for n, p in params.items()}
-        with FSDP.summon_full_params(root, writeback=True):
-            for n, p in root.named_parameters():
-                if clean_name(n) in params:
-                    p.copy_(full[clean_name(n)])
-        shards = {n: p.detach().clone() for n, p in params.items()}
-        for n, p in params.items():
-            p.copy_(backup[n])
-        return shards
+        with self._restored_after(params):
+            with FSDP.summon_full_params(root, writeback=True):
+                for n, p in root.named_parameters():
+                    if clean_name(n) in params:
+                        p.copy_(full[clean_name(n)])
+            return {n: p.detach().clone() for n, p in params.items()}
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         root = _fsdp_root(trainer)

@@ -293,7 +293,9 @@ def probe_ready(cache_dir: str | os.PathLike, cfg: ProbeConfig | None = None) ->
         return False
     if info.get("version") != PROBE_VERSION:
         return False
-    return cfg is None or info.get("train") == json.loads(json.dumps(asdict(cfg)))
+    from refedit.utils.config import stored_matches
+
+    return cfg is None or stored_matches(info.get("train"), cfg)
 
 
 def build_probe(cache_dir: str | os.PathLike, cfg: ProbeConfig | None = None) -> ToyworldProbe:
@@ -317,8 +319,8 @@ def build_probe(cache_dir: str | os.PathLike, cfg: ProbeConfig | None = None) ->
 
 def ensure_probe(cache_dir: str | os.PathLike, cfg: ProbeConfig | None = None) -> ToyworldProbe:
     """The cached probe of `cache_dir` (the probe's own directory: probe.safetensors + probe.json),
-    trained first when missing, of an older version or trained with another `cfg` (~2.5 min on one busy CPU core; ProbeConfig's steps
-    and num_train trade accuracy for time)."""
+    trained first when missing, of an older version or trained with another `cfg` (ProbeConfig's steps and
+    num_train trade accuracy for time)."""
     cfg = cfg or ProbeConfig()
     if probe_ready(cache_dir, cfg):
         return ToyworldProbe.load(cache_dir)

@@ -240,6 +240,16 @@ def _plt():
     return plt
 
 
+def _save_figure(plt, fig, path: str | os.PathLike, dpi: int) -> Path:
+    """Lay out, write (parent dirs created) and close a figure."""
+    fig.tight_layout()
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, dpi=dpi)
+    plt.close(fig)
+    return p
+
+
 def plot_metric_bars(summary: Sequence[Mapping[str, Any]], task: str, path: str | os.PathLike,
                      metrics: Sequence[str] | None = None) -> Path:
     """One PNG for a task: a panel per metric (own scale), one bar per method with its 95% CI."""
@@ -262,12 +272,7 @@ def plot_metric_bars(summary: Sequence[Mapping[str, Any]], task: str, path: str 
     for ax in list(axes.flat)[len(mets):]:
         ax.axis("off")
     fig.suptitle(f"{task} (mean ± 95% CI)", fontsize=10)
-    fig.tight_layout()
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    return p
+    return _save_figure(plt, fig, path, dpi=110)
 
 
 def plot_quality_vs_time(summary: Sequence[Mapping[str, Any]], path: str | os.PathLike, metric: str,
@@ -299,12 +304,7 @@ def plot_quality_vs_time(summary: Sequence[Mapping[str, Any]], path: str | os.Pa
     ax.set_xlabel(f"{time_metric} per sample")
     ax.set_ylabel(_header_name(metric))
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    return p
+    return _save_figure(plt, fig, path, dpi=110)
 
 
 def to_uint8_image(img: Any, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
@@ -363,12 +363,7 @@ def save_sample_grid(rows_of_images: Sequence[Sequence[Any]], path: str | os.Pat
                 ax.set_ylabel(row_labels[r], fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=100)
-    plt.close(fig)
-    return p
+    return _save_figure(plt, fig, path, dpi=100)
 
 
 # ------------------------------------------------------------------------------------------- one call

@@ -28,9 +28,9 @@ one forward/backward of a width-scaled twin pair at build time and left out of `
 needs no ``find_unused_parameters``).
 
 Schedule: scaled-linear with zero-terminal-SNR rescaling (the authors' code default, ``zero_terminal_snr``),
-epsilon loss (``prediction_type``; the toyworld default uses v-prediction, see conf/method/magic_fixup.yaml). DDIM keeps the ``leading`` spacing (first step t=981 of 50, the authors' uniform discretisation):
-with epsilon prediction the trailing spacing would start at t=999 where alpha_bar = 0 and the x0 estimate divides
-by zero.
+epsilon loss (``prediction_type``; the toyworld default uses v-prediction, see conf/method/magic_fixup.yaml).
+DDIM keeps the ``leading`` spacing (first step t=981 of 50, the authors' uniform discretisation): with epsilon
+prediction the trailing spacing would start at t=999 where alpha_bar = 0 and the x0 estimate divides by zero.
 
 Inference: holes filled by OpenCV Navier-Stokes inpainting after a 7x7 dilation of the hole mask (in training too,
 as the authors' data loader does), DDIM 50 steps, eta 1, no CFG; the first latent is the coarse latent noised to the

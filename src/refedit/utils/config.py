@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -43,9 +45,24 @@ def prepare_backbone(cfg: DictConfig) -> None:
         prepare_backbone_dir(bb.pretrained, cfg.get("foundations"))
 
 
+def config_from_dict(cls, values, where: str):
+    """A dataclass config from a (Hydra) mapping, naming the config key on an unknown field."""
+    values = dict(values or {})
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise KeyError(f"{where}: unknown key(s) {unknown}; {cls.__name__} has {sorted(known)}")
+    return cls(**values)
+
+
+def stored_matches(stored: Any, cfg: Any) -> bool:
+    """Whether a dataclass config equals its JSON-stored form (tuples are lists there)."""
+    return stored == json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
 def prepare_backbone_dir(path: str, foundations: DictConfig | None = None) -> None:
     """Build the foundations at `path` with the budget of the `foundations` config node (its `stage1`)."""
-    from refedit.backbone.foundations import FoundationsConfig, config_from_dict, ensure_foundations
+    from refedit.backbone.foundations import FoundationsConfig, ensure_foundations
 
     stage1 = foundations.get("stage1") if foundations is not None else None
     ensure_foundations(path, config_from_dict(FoundationsConfig, to_dict(stage1) if stage1 else {},
@@ -54,7 +71,6 @@ def prepare_backbone_dir(path: str, foundations: DictConfig | None = None) -> No
 
 def probe_config(foundations: DictConfig | None):
     """The ProbeConfig of the `foundations` config node (its `probe`)."""
-    from refedit.backbone.foundations import config_from_dict
     from refedit.eval.features import ProbeConfig
 
     probe = foundations.get("probe") if foundations is not None else None

@@ -66,8 +66,9 @@ class InputError(ValueError):
     """Bad user input: the message names the file or option."""
 
 
-def read_image(path: str | os.PathLike, *, name: str, mode: str = "RGB") -> np.ndarray:
-    """Read an image file as uint8 HWC (RGB) or HW (L); errors name the option and the file."""
+def read_image(path: str | os.PathLike, *, name: str, mode: str | None = "RGB") -> np.ndarray:
+    """Read an image file as uint8 HWC (RGB) or HW (L), or as stored (`mode=None`: e.g. 16-bit or float grey);
+    errors name the option and the file."""
     from PIL import Image, UnidentifiedImageError
 
     p = os.fspath(path)
@@ -78,7 +79,7 @@ def read_image(path: str | os.PathLike, *, name: str, mode: str = "RGB") -> np.n
     try:
         with Image.open(p) as im:
             im.load()
-            return np.asarray(im.convert(mode))
+            return np.asarray(im.convert(mode) if mode else im)
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise InputError(f"{name}={p}: not a readable image ({type(e).__name__})") from e
 
@@ -96,22 +97,13 @@ def mask_to_tensor(arr: np.ndarray) -> torch.Tensor:
 def read_depth(path: str | os.PathLike, *, name: str = "depth") -> torch.Tensor:
     """A depth map image (8- or 16-bit grey, or float TIFF) as (1,H,W) in [0,1], min-max normalised, white =
     near (inverse depth, as Depth Anything's output and toyworld's `depth`)."""
-    from PIL import Image, UnidentifiedImageError
-
-    p = os.fspath(path)
-    if not os.path.isfile(p):
-        raise InputError(f"{name}={p}: no such file")
-    try:
-        with Image.open(p) as im:
-            im.load()
-            arr = np.asarray(im if im.mode in ("I", "I;16", "I;16B", "F") else im.convert("L")).astype(np.float32)
-    except (UnidentifiedImageError, OSError) as e:
-        raise InputError(f"{name}={p}: not a readable image ({type(e).__name__})") from e
-    if arr.ndim != 2:
-        raise InputError(f"{name}={p}: expected a single-channel depth map, got shape {arr.shape}")
+    arr = read_image(path, name=name, mode=None)
+    if arr.ndim == 3:  # a grey map saved as RGB(A)
+        arr = read_image(path, name=name, mode="L")
+    arr = arr.astype(np.float32)
     lo, hi = float(arr.min()), float(arr.max())
     if hi - lo < 1e-6:
-        raise InputError(f"{name}={p}: the depth map is constant: no shape to control")
+        raise InputError(f"{name}={os.fspath(path)}: the depth map is constant: no shape to control")
     return torch.from_numpy((arr - lo) / (hi - lo))[None]
 
 
