@@ -1,13 +1,18 @@
 """Masked PSNR of a Magic Fixup checkpoint vs the raw coarse edit on the toyworld coarse-edit benchmark split.
 
-    python experiments/magic_fixup_smoke_psnr.py ckpt=<path> [n=32] [steps=50] [seed=0] [batch_size=8]
-        [start_strength=1.0] [ema=true]
+    python experiments/magic_fixup_smoke_psnr.py ckpt=<path> [n=32] [steps=50[,3,...]] [seed=0] [batch_size=8]
+        [start_strength=1.0] [eta=1.0] [ema=true]
 
 Masked PSNR: PSNR over the pixels where the batch's `mask` is 1 (the region the edit changed, holes included),
 images in [0, 1], per sample, then averaged. Prints the raw coarse edit (holes as given), the coarse edit with its
 holes inpainted by OpenCV (what the model is conditioned on), the VAE round trip of that (what a model that only
 copies its input would score: the VAE's error adds to the coarse edit's), the VAE round trip of the target (the
 ceiling of any latent-diffusion output with this VAE) and the fix-up result.
+
+The same comparison in latent space, where the VAE's error does not enter: the masked MSE between the target's
+latent and (a) the coarse edit's latent, the model's condition, (b) the model's final latent. (b) < (a) means the
+model moves the coarse edit towards the target; a better VAE turns only such a gain into pixels. `steps` may be a
+list: one row per DDIM step count (the paper: 50).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 
 def masked_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
@@ -32,26 +38,43 @@ def masked_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, ep
 
 
 @torch.no_grad()
+def masked_latent_mse(z: torch.Tensor, z_target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sample MSE over latent cells that hold any mask==1 pixel; z (N,C,h,w), mask (N,1,H,W)."""
+    m = F.adaptive_max_pool2d((mask > 0.5).float(), z.shape[-2:])
+    return (((z.float() - z_target.float()) ** 2).mean(1, keepdim=True) * m).flatten(1).sum(1) / m.flatten(1).sum(1)
+
+
+@torch.no_grad()
 def evaluate(model, dataset, *, batch_size: int = 8, num_steps: int | None = None, seed: int = 0,
-             start_strength: float | None = None) -> dict[str, float]:
-    """Mean masked PSNR of the raw coarse edit, the hole-filled coarse edit and the model's result."""
+             start_strength: float | None = None, eta: float | None = None) -> dict[str, float]:
+    """Mean masked PSNR of the raw coarse edit, the hole-filled coarse edit and the model's result, and the
+    masked latent MSE of the coarse latent and the model's latent against the target's."""
     from refedit.batch import collate_edit, to_device
+    from refedit.methods.base import paste_back_feathered
     from refedit.methods.magic_fixup import fill_holes
 
     scores: dict[str, list[torch.Tensor]] = {"coarse": [], "coarse_filled": [], "vae_coarse": [], "vae_target": [],
-                                             "fixup": []}
+                                             "fixup": [], "latent_coarse": [], "latent_fixup": []}
     for start in range(0, len(dataset), batch_size):
         batch: Mapping[str, Any] = to_device(collate_edit([dataset[i] for i in range(start, min(start + batch_size,
                                                                                               len(dataset)))]),
                                               model.device)
         g = torch.Generator(device=model.device).manual_seed(seed + start)
-        out = model.sample(batch, num_steps=num_steps, strength=start_strength, generator=g)
+        z = model.sample(batch, num_steps=num_steps, strength=start_strength, eta=eta, generator=g,
+                         output_type="latent")
+        out = model.decode(z, batch)
+        if model.sampling_cfg["paste_back"]:  # what `sample` would do after decoding
+            out = paste_back_feathered(out, batch["source"], batch["mask"], model.sampling_cfg["feather_px"])
         filled = fill_holes(batch["coarse"], batch["valid"], model.inpaint_radius, model.hole_dilation)
-        vae_target = model.codec.decode(model.codec.encode(batch["target"], sample=False))
-        vae_coarse = model.codec.decode(model.coarse_latents(batch))
+        z_target = model.codec.encode(batch["target"], sample=False)
+        z_coarse = model.coarse_latents(batch)
+        vae_target = model.codec.decode(z_target)
+        vae_coarse = model.codec.decode(z_coarse)
         for key, img in (("coarse", batch["coarse"]), ("coarse_filled", filled), ("vae_coarse", vae_coarse),
-                         ("vae_target", vae_target), ("fixup", out)):
+                         ("vae_target", vae_target), ("fixup", out.clamp(-1, 1))):
             scores[key].append(masked_psnr(img, batch["target"], batch["mask"]).cpu())
+        scores["latent_coarse"].append(masked_latent_mse(z_coarse, z_target, batch["mask"]).cpu())
+        scores["latent_fixup"].append(masked_latent_mse(z, z_target, batch["mask"]).cpu())
     return {k: torch.cat(v).mean().item() for k, v in scores.items()}
 
 
@@ -62,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args = parse_kv(sys.argv[1:] if argv is None else argv, required=("ckpt",),
-                        optional=("n", "steps", "seed", "batch_size", "start_strength", "ema"),
+                        optional=("n", "steps", "seed", "batch_size", "start_strength", "eta", "ema"),
                         prog="magic_fixup_smoke_psnr")
     except UsageError as e:
         print(f"magic_fixup_smoke_psnr: error: {e}", file=sys.stderr)
@@ -73,16 +96,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     size = int(model.backbone_cfg["resolution"])
     ds = ToyWorldDataset("coarse_edit", split="benchmark", size=size, length=int(args.get("n", 32)))
-    steps = int(args["steps"]) if "steps" in args else None
+    try:
+        step_list = [int(v) for v in args["steps"].split(",")] if "steps" in args else [None]
+    except ValueError:
+        print(f"magic_fixup_smoke_psnr: error: steps={args['steps']!r} is not an integer or a comma list of them",
+              file=sys.stderr)
+        return 2
     strength = float(args["start_strength"]) if "start_strength" in args else None
-    res = evaluate(model, ds, batch_size=int(args.get("batch_size", 8)), num_steps=steps,
-                   seed=int(args.get("seed", 0)), start_strength=strength)
-    print(f"toyworld coarse_edit benchmark, {len(ds)} samples, {steps or model.sampling_cfg['num_steps']} DDIM steps, "
-          f"start_strength {strength if strength is not None else model.sampling_cfg['start_strength']}")
-    print(f"masked PSNR (dB, mask==1, [0,1]): raw coarse edit {res['coarse']:.2f} | coarse, holes inpainted "
-          f"{res['coarse_filled']:.2f} | VAE round trip of that (a model that only copies its input) "
-          f"{res['vae_coarse']:.2f} | VAE round trip of the target (ceiling) {res['vae_target']:.2f} | "
-          f"magic_fixup {res['fixup']:.2f}")
+    eta = float(args["eta"]) if "eta" in args else None
+    s = model.sampling_cfg
+    print(f"toyworld coarse_edit benchmark, {len(ds)} samples, start_strength "
+          f"{strength if strength is not None else s['start_strength']}, eta {eta if eta is not None else s['eta']}")
+    for steps in step_list:
+        res = evaluate(model, ds, batch_size=int(args.get("batch_size", 8)), num_steps=steps,
+                       seed=int(args.get("seed", 0)), start_strength=strength, eta=eta)
+        if steps == step_list[0]:
+            print(f"masked PSNR (dB, mask==1, [0,1]): raw coarse edit {res['coarse']:.2f} | coarse, holes inpainted "
+                  f"{res['coarse_filled']:.2f} | VAE round trip of that (a model that only copies its input) "
+                  f"{res['vae_coarse']:.2f} | VAE round trip of the target (ceiling) {res['vae_target']:.2f}")
+            print(f"masked latent MSE to the target's latent: coarse edit (the condition) {res['latent_coarse']:.4f}")
+        gain = 100 * (1 - res["latent_fixup"] / res["latent_coarse"])
+        print(f"magic_fixup, {steps or s['num_steps']} DDIM steps: masked PSNR {res['fixup']:.2f} dB | masked latent "
+              f"MSE {res['latent_fixup']:.4f} ({gain:+.1f}% of the coarse latent's error removed)")
     return 0
 
 

@@ -311,9 +311,29 @@ def test_masked_psnr_pipeline(model):
 
     ds = ToyWorldDataset("coarse_edit", split="benchmark", length=2)
     res = mod.evaluate(model, ds, batch_size=2, num_steps=2)
-    assert set(res) == {"coarse", "coarse_filled", "vae_coarse", "vae_target", "fixup"}
+    assert set(res) == {"coarse", "coarse_filled", "vae_coarse", "vae_target", "fixup", "latent_coarse",
+                        "latent_fixup"}
     assert all(np.isfinite(list(res.values())))
     assert res["coarse_filled"] > res["coarse"]  # inpainted holes are closer to the target than grey holes
+    z, zt = torch.zeros(2, 4, 2, 2), torch.zeros(2, 4, 2, 2)
+    z[0, :, 0, 0] = 2.0  # in the masked cell: (2^2) over 1 cell
+    z[1, :, 1, 1] = 5.0  # outside the mask: ignored
+    pix = torch.zeros(2, 1, 8, 8)
+    pix[:, :, 1, 2] = 1  # one pixel inside latent cell (0, 0)
+    assert torch.allclose(mod.masked_latent_mse(z, zt, pix), torch.tensor([4.0, 0.0]))
+
+
+def test_latent_output_is_what_image_output_decodes(model):
+    from refedit.batch import collate_edit
+    from refedit.data.toyworld import ToyWorldDataset
+
+    b = collate_edit([ToyWorldDataset("coarse_edit", split="benchmark", length=1)[0]])
+    z = model.sample(b, num_steps=2, generator=torch.Generator().manual_seed(3), output_type="latent")
+    img = model.sample(b, num_steps=2, generator=torch.Generator().manual_seed(3))
+    assert z.shape == (1, model.codec.latent_channels, 16, 16)
+    assert torch.allclose(model.decode(z, b).clamp(-1, 1), img, atol=1e-5)
+    with pytest.raises(ValueError, match="output_type"):
+        model.sample(b, num_steps=2, output_type="pil")
 
 
 def test_full_size_sd14_on_meta():

@@ -15,6 +15,18 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def clip_image_processor_class() -> type:
+    """transformers' CLIP image processor, PIL backend where the library has one (>= 5): without torchvision,
+    which refedit does not depend on, `CLIPImageProcessor` resolves to it anyway but warns on every import.
+    Both save the same `preprocessor_config.json` (image_processor_type CLIPImageProcessor)."""
+    import transformers
+
+    try:
+        return transformers.CLIPImageProcessorPil
+    except AttributeError:  # transformers 4
+        return transformers.CLIPImageProcessor
+
+
 class _Frozen(torch.nn.Module):
     def train(self, mode: bool = True):  # frozen encoders stay in eval mode whatever Lightning does
         return super().train(False)
@@ -103,11 +115,9 @@ def _processor_stats(spec: Mapping[str, Any] | None):
     """CLIP normalisation from a saved feature_extractor/ (CLIPImageProcessor), else OpenAI's constants."""
     import os
 
-    from transformers import CLIPImageProcessor
-
     if spec and spec.get("pretrained"):
         root = os.path.expanduser(str(spec["pretrained"]))
         if not os.path.isdir(root) or os.path.isdir(os.path.join(root, spec.get("subfolder") or "")):
-            proc = load_component(CLIPImageProcessor, spec, name="feature_extractor")
+            proc = load_component(clip_image_processor_class(), spec, name="feature_extractor")
             return tuple(proc.image_mean), tuple(proc.image_std)
     return OPENAI_CLIP_MEAN, OPENAI_CLIP_STD

@@ -24,13 +24,13 @@ from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 from transformers import (
     CLIPConfig,
-    CLIPImageProcessor,
     CLIPModel,
     CLIPTextModel,
     CLIPTokenizer,
     CLIPVisionModelWithProjection,
 )
 
+from refedit.backbone.encoders import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_image_processor_class
 from refedit.utils.config import stored_matches
 
 log = logging.getLogger(__name__)
@@ -148,8 +148,8 @@ def _train_clip(crops: torch.Tensor, captions: list[str], tok: CLIPTokenizer,
     g = torch.Generator().manual_seed(cfg.seed + 1)
     model = CLIPModel(clip_config(len(tok), cfg.clip_image_size, tok.bos_token_id, tok.eos_token_id,
                                   tok.pad_token_id))
-    mean = torch.tensor(_CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(_CLIP_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
     pixels = (((crops + 1) / 2) - mean) / std
     ids = tok(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     # contrastive batches must not contain two pairs with the same caption: they would be false negatives
@@ -185,10 +185,6 @@ def _tensor(x) -> torch.Tensor:  # transformers 5 may wrap projected features in
     return x if isinstance(x, torch.Tensor) else x.pooler_output
 
 
-_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
 def _save_parts(out: Path, vae: AutoencoderKL, tok: CLIPTokenizer, clip: CLIPModel) -> None:
     """Save in SD layout: the CLIP towers split into text_encoder/ and image_encoder/ as SD pipelines expect."""
     out.mkdir(parents=True, exist_ok=True)
@@ -203,8 +199,9 @@ def _save_parts(out: Path, vae: AutoencoderKL, tok: CLIPTokenizer, clip: CLIPMod
     vision.visual_projection.load_state_dict(clip.visual_projection.state_dict())
     vision.save_pretrained(out / "image_encoder")
     size = clip.config.vision_config.image_size
-    CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
-                       image_mean=list(_CLIP_MEAN), image_std=list(_CLIP_STD)).save_pretrained(out / "feature_extractor")
+    processor = clip_image_processor_class()(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                                             image_mean=list(OPENAI_CLIP_MEAN), image_std=list(OPENAI_CLIP_STD))
+    processor.save_pretrained(out / "feature_extractor")
 
 
 def build_foundations(out_dir: str | os.PathLike, cfg: FoundationsConfig | None = None) -> Path:

@@ -149,8 +149,12 @@ class LatentEditModule(L.LightningModule):
     @torch.no_grad()
     def sample(self, batch: Mapping[str, Any], *, num_steps: int | None = None, guidance_scale: float | None = None,
                eta: float | None = None, strength: float | None = None, paste_back: bool | None = None,
-               generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
-        """Edit a batch; returns images in [-1, 1] (N,3,H,W) or clips (N,F,3,H,W) for video methods."""
+               generator: torch.Generator | None = None, progress: bool = False,
+               output_type: str = "image") -> torch.Tensor:
+        """Edit a batch; returns images in [-1, 1] (N,3,H,W) or clips (N,F,3,H,W) for video methods, or with
+        ``output_type="latent"`` the final latents before decoding (as diffusers pipelines do)."""
+        if output_type not in ("image", "latent"):
+            raise ValueError(f"sample: output_type must be 'image' or 'latent', got {output_type!r}")
         s = self.sampling_cfg
         num_steps = int(num_steps or s["num_steps"])
         guidance_scale = float(s["guidance_scale"] if guidance_scale is None else guidance_scale)
@@ -170,6 +174,8 @@ class LatentEditModule(L.LightningModule):
         z = self.prepare_start(z, batch, scheduler, timesteps, generator)
         z = ddim_sample(self.denoise, z, scheduler, timesteps, cond, uncond, guidance_scale, eta, generator,
                         progress)
+        if output_type == "latent":
+            return z
         out = self.decode(z, batch)
         if paste_back:
             out = paste_back_feathered(out, batch["source"], batch["mask"], s["feather_px"])

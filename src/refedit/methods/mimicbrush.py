@@ -540,7 +540,8 @@ class MimicBrush(LatentEditModule):
     ) -> torch.Tensor:
         """The paper's inference: pad the source (and reference) to a square, resize to the backbone
         resolution, edit, resize back, crop the padding off and blend into the original with a feathered
-        mask (``paste_back``). Inputs already square at the resolution go through unchanged."""
+        mask (``paste_back``). Inputs already square at the resolution go through unchanged.
+        ``output_type="latent"`` returns the latents of the padded, resized square."""
         paste_back = bool(self.sampling_cfg["paste_back"] if paste_back is None else paste_back)
         size = int(self.backbone_cfg["resolution"])
         fitted = dict(batch)
@@ -559,6 +560,8 @@ class MimicBrush(LatentEditModule):
             out = super().sample(fitted, paste_back=False, **kwargs)
         finally:
             self._shape_control = None
+        if kwargs.get("output_type") == "latent":
+            return out
         top, left, h, w = undo
         s = max(h, w)
         if tuple(out.shape[-2:]) != (s, s):

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from refedit.backbone.encoders import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from refedit.backbone.encoders import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_image_processor_class
 from refedit.backbone.loading import ComponentLoadError, load_component
 from refedit.backbone.unet import build_unet
 from refedit.methods.base import Cond, LatentEditModule
@@ -125,15 +125,16 @@ def clip_tensor_preprocess(images: torch.Tensor, size: int, mean: torch.Tensor, 
     return (x - mean) / std
 
 
-def _feature_extractor(spec: Mapping[str, Any] | None, image_size: int, meta: bool) -> CLIPImageProcessor:
+def _feature_extractor(spec: Mapping[str, Any] | None, image_size: int, meta: bool):
     """The backbone's saved CLIPImageProcessor (the pipeline's exemplar preprocessing), else CLIP defaults."""
     spec = dict(spec or {})
     if spec.get("pretrained") and not meta:
         root = os.path.expanduser(str(spec["pretrained"]))
         if not os.path.isdir(root) or os.path.isdir(os.path.join(root, spec.get("subfolder") or "")):
-            return load_component(CLIPImageProcessor, spec, name="feature_extractor")
-    return CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
-                              image_mean=list(OPENAI_CLIP_MEAN), image_std=list(OPENAI_CLIP_STD))
+            return load_component(clip_image_processor_class(), spec, name="feature_extractor")
+    return clip_image_processor_class()(size={"shortest_edge": image_size},
+                                        crop_size={"height": image_size, "width": image_size},
+                                        image_mean=list(OPENAI_CLIP_MEAN), image_std=list(OPENAI_CLIP_STD))
 
 
 def _odd(x: float) -> int:
@@ -339,7 +340,7 @@ def load_pbe_pipeline(path: str | os.PathLike, **kwargs: Any):
         unet=UNet2DConditionModel.from_pretrained(root, subfolder="unet", **kwargs),
         scheduler=DDIMScheduler.from_pretrained(root, subfolder="scheduler"),
         safety_checker=None, requires_safety_checker=False,
-        feature_extractor=CLIPImageProcessor.from_pretrained(root, subfolder="feature_extractor"))
+        feature_extractor=clip_image_processor_class().from_pretrained(root, subfolder="feature_extractor"))
 
 
 __all__: Sequence[str] = ("PaintByExample", "build_exemplar_encoder", "load_pbe_pipeline", "pbe_keep_mask",
