@@ -24,7 +24,8 @@ def _cat_conds(a: Cond, b: Cond) -> dict[str, Any]:
 
 
 class CFGGuider:
-    """eps = eps(uncond) + s * (eps(cond) - eps(uncond)); s = 1 (or no uncond) runs the conditional branch only."""
+    """eps = eps(uncond) + s * (eps(cond) - eps(uncond)) for every s: 0 is unconditional, 0 < s < 1 interpolates
+    (diffusers pipelines skip guidance for s <= 1 instead). s = 1, or no uncond, runs the conditional branch only."""
 
     def __init__(self, scale: float):
         self.scale = float(scale)
