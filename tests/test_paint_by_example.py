@@ -184,6 +184,8 @@ def test_guidance_scale_one_is_conditional_branch(model):
     assert torch.allclose(CFGGuider(1.0)(model.denoise, z, t, cond, uncond), model.denoise(z, t, cond))
     e_u, e_c = model.denoise(z, t, uncond), model.denoise(z, t, cond)
     assert torch.allclose(CFGGuider(5.0)(model.denoise, z, t, cond, uncond), e_u + 5 * (e_c - e_u), atol=1e-5)
+    assert torch.allclose(CFGGuider(0.0)(model.denoise, z, t, cond, uncond), e_u, atol=1e-5)  # unconditional
+    assert torch.allclose(CFGGuider(0.5)(model.denoise, z, t, cond, uncond), (e_u + e_c) / 2, atol=1e-5)
 
 
 def test_reference_changes_output_inside_mask(model):
