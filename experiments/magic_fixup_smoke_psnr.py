@@ -50,7 +50,6 @@ def evaluate(model, dataset, *, batch_size: int = 8, num_steps: int | None = Non
     """Mean masked PSNR of the raw coarse edit, the hole-filled coarse edit and the model's result, and the
     masked latent MSE of the coarse latent and the model's latent against the target's."""
     from refedit.batch import collate_edit, to_device
-    from refedit.methods.base import paste_back_feathered
     from refedit.methods.magic_fixup import fill_holes
 
     scores: dict[str, list[torch.Tensor]] = {"coarse": [], "coarse_filled": [], "vae_coarse": [], "vae_target": [],
@@ -62,16 +61,14 @@ def evaluate(model, dataset, *, batch_size: int = 8, num_steps: int | None = Non
         g = torch.Generator(device=model.device).manual_seed(seed + start)
         z = model.sample(batch, num_steps=num_steps, strength=start_strength, eta=eta, generator=g,
                          output_type="latent")
-        out = model.decode(z, batch)
-        if model.sampling_cfg["paste_back"]:  # what `sample` would do after decoding
-            out = paste_back_feathered(out, batch["source"], batch["mask"], model.sampling_cfg["feather_px"])
+        out = model.images_from_latents(z, batch)
         filled = fill_holes(batch["coarse"], batch["valid"], model.inpaint_radius, model.hole_dilation)
         z_target = model.codec.encode(batch["target"], sample=False)
         z_coarse = model.coarse_latents(batch)
         vae_target = model.codec.decode(z_target)
         vae_coarse = model.codec.decode(z_coarse)
         for key, img in (("coarse", batch["coarse"]), ("coarse_filled", filled), ("vae_coarse", vae_coarse),
-                         ("vae_target", vae_target), ("fixup", out.clamp(-1, 1))):
+                         ("vae_target", vae_target), ("fixup", out)):
             scores[key].append(masked_psnr(img, batch["target"], batch["mask"]).cpu())
         scores["latent_coarse"].append(masked_latent_mse(z_coarse, z_target, batch["mask"]).cpu())
         scores["latent_fixup"].append(masked_latent_mse(z, z_target, batch["mask"]).cpu())

@@ -31,6 +31,7 @@ from transformers import (
 )
 
 from refedit.backbone.encoders import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_image_processor_class
+from refedit.utils.cache import build_once
 from refedit.utils.config import stored_matches
 
 log = logging.getLogger(__name__)
@@ -247,20 +248,15 @@ def foundations_ready(path: str | os.PathLike, cfg: FoundationsConfig | None = N
 def ensure_foundations(path: str | os.PathLike, cfg: FoundationsConfig | None = None) -> Path:
     """Return the cached foundations dir, building it first when missing, of an older version or of another
     budget than `cfg` (default: `FoundationsConfig()`)."""
-    from filelock import FileLock
-
     cfg = cfg or FoundationsConfig()
-    p = Path(os.path.expanduser(str(path)))
-    if foundations_ready(p, cfg):
-        return p
-    p.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(p) + ".lock"):  # concurrent jobs (multirun, several users) build it once
-        if foundations_ready(p, cfg):
-            return p
+
+    def build(p: Path) -> None:
         why = "a different version or budget is cached there" if (p / "foundations.json").is_file() else "once"
         print(f"refedit: building the toyworld foundations (tiny VAE + CLIP) into {p} ({why}; "
               f"~{_expected_minutes(cfg):.0f} min on 2 cores)", flush=True)
-        return build_foundations(p, cfg)
+        build_foundations(p, cfg)
+
+    return build_once(path, lambda p: foundations_ready(p, cfg), build)
 
 
 def _expected_minutes(cfg: FoundationsConfig) -> float:

@@ -165,6 +165,7 @@ def _sample_grid(task: str, batch: Mapping[str, Any], shown: Mapping[str, torch.
         rows.append(row)
     labels = ([cond_key] if cond_key in batch else []) + names
     path.parent.mkdir(parents=True, exist_ok=True)
-    report.save_sample_grid(rows, path, col_labels=labels, row_labels=[_short_id(m["id"], task) for m in batch["meta"][:n]],
+    row_labels = [_short_id(m["id"], task) for m in batch["meta"][:n]]
+    report.save_sample_grid(rows, path, col_labels=labels, row_labels=row_labels,
                             title=f"{task}: first benchmark samples")
     return path

@@ -321,18 +321,16 @@ def ensure_probe(cache_dir: str | os.PathLike, cfg: ProbeConfig | None = None) -
     """The cached probe of `cache_dir` (the probe's own directory: probe.safetensors + probe.json),
     trained first when missing, of an older version or trained with another `cfg` (ProbeConfig's steps and
     num_train trade accuracy for time)."""
-    cfg = cfg or ProbeConfig()
-    if probe_ready(cache_dir, cfg):
-        return ToyworldProbe.load(cache_dir)
-    from filelock import FileLock
+    from refedit.utils.cache import build_once
 
-    Path(os.path.expanduser(str(cache_dir))).parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(os.path.expanduser(str(cache_dir)) + ".lock"):  # concurrent evals train it once
-        if not probe_ready(cache_dir, cfg):
-            print(f"refedit: training the toyworld feature probe into {cache_dir} — once, about "
-                  f"{max(1, round(cfg.steps * 0.07 / 60))} min on a CPU", flush=True)
-            build_probe(cache_dir, cfg)
-    return ToyworldProbe.load(cache_dir)
+    cfg = cfg or ProbeConfig()
+
+    def build(p: Path) -> None:
+        print(f"refedit: training the toyworld feature probe into {p} — once, about "
+              f"{max(1, round(cfg.steps * 0.07 / 60))} min on a CPU", flush=True)
+        build_probe(p, cfg)
+
+    return ToyworldProbe.load(build_once(cache_dir, lambda p: probe_ready(p, cfg), build))
 
 
 def probe_info(cache_dir: str | os.PathLike) -> dict[str, Any]:

@@ -160,7 +160,6 @@ class LatentEditModule(L.LightningModule):
         guidance_scale = float(s["guidance_scale"] if guidance_scale is None else guidance_scale)
         eta = float(s["eta"] if eta is None else eta)
         strength = float(s["strength"] if strength is None else strength)
-        paste_back = bool(s["paste_back"] if paste_back is None else paste_back)
         self.check_batch(batch, self.sample_keys)
         scheduler = self.schedule.ddim()
         timesteps = sdedit_timesteps(scheduler, num_steps, strength)
@@ -174,11 +173,14 @@ class LatentEditModule(L.LightningModule):
         z = self.prepare_start(z, batch, scheduler, timesteps, generator)
         z = ddim_sample(self.denoise, z, scheduler, timesteps, cond, uncond, guidance_scale, eta, generator,
                         progress)
-        if output_type == "latent":
-            return z
+        return z if output_type == "latent" else self.images_from_latents(z, batch, paste_back)
+
+    def images_from_latents(self, z: torch.Tensor, batch: Mapping[str, Any],
+                            paste_back: bool | None = None) -> torch.Tensor:
+        """What `sample` returns for its final latents `z`: decoded, pasted back if asked, clamped to [-1, 1]."""
         out = self.decode(z, batch)
-        if paste_back:
-            out = paste_back_feathered(out, batch["source"], batch["mask"], s["feather_px"])
+        if bool(self.sampling_cfg["paste_back"] if paste_back is None else paste_back):
+            out = paste_back_feathered(out, batch["source"], batch["mask"], self.sampling_cfg["feather_px"])
         return out.clamp(-1, 1)
 
     def prepare_start(self, z: torch.Tensor, batch: Mapping[str, Any], scheduler, timesteps,

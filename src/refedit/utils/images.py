@@ -97,9 +97,11 @@ def mask_to_tensor(arr: np.ndarray) -> torch.Tensor:
 def read_depth(path: str | os.PathLike, *, name: str = "depth") -> torch.Tensor:
     """A depth map image (8- or 16-bit grey, or float TIFF) as (1,H,W) in [0,1], min-max normalised, white =
     near (inverse depth, as Depth Anything's output and toyworld's `depth`)."""
+    from PIL import Image
+
     arr = read_image(path, name=name, mode=None)
-    if arr.ndim == 3:  # a grey map saved as RGB(A)
-        arr = read_image(path, name=name, mode="L")
+    if arr.ndim == 3:  # a grey map saved as RGB(A): PIL's luminance, as mode="L" would give
+        arr = np.asarray(Image.fromarray(arr).convert("L"))
     arr = arr.astype(np.float32)
     lo, hi = float(arr.min()), float(arr.max())
     if hi - lo < 1e-6:
