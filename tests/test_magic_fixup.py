@@ -321,6 +321,14 @@ def test_masked_psnr_pipeline(model):
     pix = torch.zeros(2, 1, 8, 8)
     pix[:, :, 1, 2] = 1  # one pixel inside latent cell (0, 0)
     assert torch.allclose(mod.masked_latent_mse(z, zt, pix), torch.tensor([4.0, 0.0]))
+    res2 = mod.evaluate(model, ds, batch_size=2, num_steps=2, samples=2)
+    assert {"latent_mean", "latent_spread", "fixup_avg"} <= set(res2)
+    assert res2["latent_spread"] > 0  # eta=1 samples with different seeds differ
+    # a sample's error = its mean's error + its spread around the mean (exact, per sample)
+    assert abs(res2["latent_fixup"] - res2["latent_mean"] - res2["latent_spread"]) < 1e-4
+    assert res2["coarse"] == res["coarse"] and res2["latent_coarse"] == res["latent_coarse"]
+    with pytest.raises(ValueError, match="samples"):
+        mod.evaluate(model, ds, batch_size=2, num_steps=2, samples=0)
 
 
 def test_latent_output_is_what_image_output_decodes(model):
