@@ -111,13 +111,22 @@ class FrozenImageEncoder(_Frozen):
         raise ValueError(f"unknown image feature output '{output}' (pooled, tokens, penultimate, embeds)")
 
 
-def _processor_stats(spec: Mapping[str, Any] | None):
-    """CLIP normalisation from a saved feature_extractor/ (CLIPImageProcessor), else OpenAI's constants."""
+def clip_image_processor(spec: Mapping[str, Any] | None, image_size: int = 224, meta: bool = False):
+    """The backbone's saved feature_extractor/ (CLIPImageProcessor: a pipeline's image preprocessing) when `spec`
+    points at one, else the OpenAI CLIP preprocessing at `image_size`."""
     import os
 
-    if spec and spec.get("pretrained"):
+    spec = dict(spec or {})
+    if spec.get("pretrained") and not meta:
         root = os.path.expanduser(str(spec["pretrained"]))
         if not os.path.isdir(root) or os.path.isdir(os.path.join(root, spec.get("subfolder") or "")):
-            proc = load_component(clip_image_processor_class(), spec, name="feature_extractor")
-            return tuple(proc.image_mean), tuple(proc.image_std)
-    return OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+            return load_component(clip_image_processor_class(), spec, name="feature_extractor")
+    return clip_image_processor_class()(size={"shortest_edge": image_size},
+                                        crop_size={"height": image_size, "width": image_size},
+                                        image_mean=list(OPENAI_CLIP_MEAN), image_std=list(OPENAI_CLIP_STD))
+
+
+def _processor_stats(spec: Mapping[str, Any] | None):
+    """CLIP normalisation from a saved feature_extractor/, else OpenAI's constants."""
+    proc = clip_image_processor(spec)
+    return tuple(proc.image_mean), tuple(proc.image_std)

@@ -30,7 +30,7 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from refedit.backbone.encoders import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_image_processor_class
+from refedit.backbone.encoders import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_image_processor
 from refedit.utils.cache import build_once
 from refedit.utils.config import stored_matches
 
@@ -200,9 +200,7 @@ def _save_parts(out: Path, vae: AutoencoderKL, tok: CLIPTokenizer, clip: CLIPMod
     vision.visual_projection.load_state_dict(clip.visual_projection.state_dict())
     vision.save_pretrained(out / "image_encoder")
     size = clip.config.vision_config.image_size
-    processor = clip_image_processor_class()(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
-                                             image_mean=list(OPENAI_CLIP_MEAN), image_std=list(OPENAI_CLIP_STD))
-    processor.save_pretrained(out / "feature_extractor")
+    clip_image_processor(None, size).save_pretrained(out / "feature_extractor")
 
 
 def build_foundations(out_dir: str | os.PathLike, cfg: FoundationsConfig | None = None) -> Path:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from refedit.backbone.encoders import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_image_processor_class
+from refedit.backbone.encoders import clip_image_processor, clip_image_processor_class
 from refedit.backbone.loading import ComponentLoadError, load_component
 from refedit.backbone.unet import build_unet
 from refedit.methods.base import Cond, LatentEditModule
@@ -125,18 +125,6 @@ def clip_tensor_preprocess(images: torch.Tensor, size: int, mean: torch.Tensor, 
     return (x - mean) / std
 
 
-def _feature_extractor(spec: Mapping[str, Any] | None, image_size: int, meta: bool):
-    """The backbone's saved CLIPImageProcessor (the pipeline's exemplar preprocessing), else CLIP defaults."""
-    spec = dict(spec or {})
-    if spec.get("pretrained") and not meta:
-        root = os.path.expanduser(str(spec["pretrained"]))
-        if not os.path.isdir(root) or os.path.isdir(os.path.join(root, spec.get("subfolder") or "")):
-            return load_component(clip_image_processor_class(), spec, name="feature_extractor")
-    return clip_image_processor_class()(size={"shortest_edge": image_size},
-                                        crop_size={"height": image_size, "width": image_size},
-                                        image_mean=list(OPENAI_CLIP_MEAN), image_std=list(OPENAI_CLIP_STD))
-
-
 def _odd(x: float) -> int:
     k = max(3, int(x))
     return k if k % 2 else k + 1
@@ -191,7 +179,7 @@ class PaintByExample(LatentEditModule):
         fe_spec = bb.get("feature_extractor")
         if init_from and (Path(os.path.expanduser(str(init_from))) / "feature_extractor").is_dir():
             fe_spec = {"pretrained": os.path.expanduser(str(init_from)), "subfolder": "feature_extractor"}
-        self.feature_extractor = _feature_extractor(fe_spec, size, self.meta)
+        self.feature_extractor = clip_image_processor(fe_spec, size, self.meta)
         fe = self.feature_extractor
         self.register_buffer("clip_mean", torch.tensor(fe.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("clip_std", torch.tensor(fe.image_std).view(1, 3, 1, 1), persistent=False)
