@@ -18,6 +18,7 @@ from refedit.data.flow import (
     endpoint_error,
 )
 from refedit.data.synthetic import moving_square_clip, textured_image
+from refedit.data.toyworld import render
 from refedit.data.warp import backward_warp, forward_splat, piecewise_affine_warp, segments_from_flow
 
 
@@ -181,7 +182,6 @@ def test_segments_from_flow_separates_two_motions():
 # ------------------------------------------------------------------------------ on toyworld clips
 
 def _toy_pair(seed: int, frames: int, a: int, size: int = 256):
-    render = pytest.importorskip("refedit.data.toyworld.render")
     clip = render.render_clip(seed, size=size, frames=frames, which=[a, a + 1])
     rgb = np.asarray(clip.rgb)
     if rgb.shape[-1] != 3:  # (F, 3, H, W) -> (F, H, W, 3)

@@ -13,11 +13,9 @@ from refedit.data.boxes import CocoBoxes
 from refedit.data.io import tensor_to_image
 from refedit.data.pairs import VideoClips, VideoCoarsePairs, VideoFramePairs
 from refedit.data.self_reference import SelfReferenceDataset
+from refedit.data.toyworld import export as export_mod
+from refedit.data.toyworld import render, tasks
 from refedit.data.video import FrameFolderReader, VideoFolder, VideoReader
-
-export_mod = pytest.importorskip("refedit.data.toyworld.export")
-render = pytest.importorskip("refedit.data.toyworld.render")
-tasks = pytest.importorskip("refedit.data.toyworld.tasks")
 
 SIZE, FRAMES, N = 128, 8, 3
 
