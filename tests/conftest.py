@@ -7,10 +7,34 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import random  # noqa: E402
+
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(int(os.environ.get("REFEDIT_TEST_THREADS", "1")))
+TEST_THREADS = int(os.environ.get("REFEDIT_TEST_THREADS", "1"))
+torch.set_num_threads(TEST_THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _same_global_state_for_every_test():
+    """Each test starts from the same global state, whatever ran before it in this worker (xdist hands tests to
+    workers in no fixed order): seeded global RNGs, TEST_THREADS torch threads, and afterwards the environment
+    and torch's deterministic-algorithms switch as they were (in-process training sets PL_GLOBAL_SEED,
+    PL_SEED_WORKERS and, with trainer.deterministic, that switch)."""
+    env = dict(os.environ)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    torch.set_num_threads(TEST_THREADS)
+    yield
+    os.environ.clear()
+    os.environ.update(env)
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    torch.set_num_threads(TEST_THREADS)
 
 
 @pytest.fixture(scope="session")
