@@ -12,6 +12,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
 
 from conftest import tiny_backbone
+from numerics import FORWARD_REL, assert_close_rel
 from refedit.backbone.attention import restore_processors
 from refedit.methods.mimicbrush import (
     MimicBrush,
@@ -85,17 +86,18 @@ def test_processor_attends_over_own_and_reference_tokens():
         return attn.to_out[0](o)
 
     bank.write("blk", ref)
+    # fused attention vs the manual softmax: one layer's round-off, far inside a forward's
     with torch.no_grad():
         cat = manual(h, torch.cat([h, ref], 1))
-        assert torch.allclose(proc(attn, h), cat, atol=1e-5)
+        assert_close_rel(proc(attn, h), cat, rel=FORWARD_REL, what="reference K/V attention")
         blended = ReferenceKVProcessor(bank, "blk", attn.processor, blend=0.5)(attn, h)
-        assert torch.allclose(blended, 0.5 * cat + 0.5 * manual(h, h), atol=1e-5)
+        assert_close_rel(blended, 0.5 * cat + 0.5 * manual(h, h), rel=FORWARD_REL, what="blend 0.5")
         # per-sample drop: sample 1 sees only its own tokens; the bank then holds rows for kept samples only
         bank.write("blk", ref[:1])
         bank.keep = torch.tensor([True, False])
         out = proc(attn, h)
-        assert torch.allclose(out[:1], cat[:1], atol=1e-5)
-        assert torch.allclose(out[1:], attn.processor(attn, h[1:]), atol=1e-6)
+        assert_close_rel(out[:1], cat[:1], rel=FORWARD_REL, what="kept sample")
+        assert torch.equal(out[1:], attn.processor(attn, h[1:]))  # the stock processor on that sample alone
 
 
 def test_empty_bank_is_stock_unet_and_removal_restores_it(model):
@@ -195,8 +197,9 @@ def test_cfg_batch_matches_separate_branches(model):
     with torch.no_grad():
         both = model.denoise(torch.cat([z, z]), t, {k: torch.cat([uncond[k], cond[k]]) for k in cond})
         u, c = both.chunk(2)
-        assert torch.allclose(u, model.denoise(z, t, uncond), atol=1e-5)
-        assert torch.allclose(c, model.denoise(z, t, cond), atol=1e-5)
+        # batched vs alone: the reference U-Net's round-off, then the imitative U-Net's: two forwards
+        assert_close_rel(u, model.denoise(z, t, uncond), rel=2 * FORWARD_REL, what="uncond branch")
+        assert_close_rel(c, model.denoise(z, t, cond), rel=2 * FORWARD_REL, what="cond branch")
     assert torch.equal(uncond["context"][0], model.null_context(1)[0])
     assert not uncond["keep"].any() and cond["keep"].all()
 
@@ -585,4 +588,5 @@ def test_gradient_checkpointing_gives_the_same_gradients(random_parts):
     m.reference_unet.enable_gradient_checkpointing()
     ckpt = grads()
     assert plain.keys() == ckpt.keys() and len(plain) > 100
-    assert all(torch.allclose(plain[k], ckpt[k], atol=1e-6) for k in plain)
+    # the recomputed forward is the same computation: the same gradients, bit for bit
+    assert all(torch.equal(plain[k], ckpt[k]) for k in plain)

@@ -4,6 +4,7 @@ the trainable set, guidance, condition dropout, paste-back, the exemplar encoder
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 from PIL import Image
 
 from conftest import tiny_backbone
+from numerics import EPS, FORWARD_REL, assert_close_rel
 from refedit.methods.paint_by_example import (
     PaintByExample,
     PaintByExampleImageEncoder,
@@ -93,20 +95,23 @@ def test_parity_edit_cli_with_diffusers_pipeline(trained_ckpt, tmp_path):
                mask_image=Image.open(files["mask"]), num_inference_steps=5, guidance_scale=5.0,
                generator=torch.Generator().manual_seed(3), output_type="np").images[0]  # [0,1] HWC before quantisation
 
-    # before quantisation: the tensors agree to float rounding
+    # before quantisation: the tensors agree to float rounding. Both batch [uncond, cond] alike, so guidance
+    # adds no batched-vs-alone difference; the op orders around the networks differ: at most a forward's
+    # round-off per step (5) and one for the VAE decode
     ours, _, _ = edit_result({"ckpt": str(ckpt), **files, "seed": "3", "steps": "5", "guidance": "5",
                               "paste_back": "false"})
     ours01 = (ours[0] / 2 + 0.5).clamp(0, 1).permute(1, 2, 0).numpy()
     diff = float(np.abs(ours01 - ref).max())
     print(f"PbE parity (pre-quantisation tensors): max |diff| = {diff:.2e}")
-    assert diff <= 1e-4
-    # the PNGs, quantised as the pipeline's PIL output is ((x * 255).round()); float rounding may flip a value
-    # sitting on a .5 boundary by one level
+    assert_close_rel(ours01, ref, rel=(5 + 1) * FORWARD_REL, what="edit CLI vs PaintByExamplePipeline")
+    # the PNGs, quantised as the pipeline's PIL output is ((x * 255).round()): a value may differ by one level,
+    # and only where the pipeline's value lies within the tensors' difference of a .5 rounding boundary
     png = np.asarray(Image.open(tmp_path / "ours.png")).astype(np.int16)
     pil = (ref * 255).round().astype(np.int16)
     d = np.abs(png - pil)
+    near_boundary = np.abs((ref * 255) % 1 - 0.5) <= 255 * (diff + 4 * EPS)
     print(f"PbE parity (PNG): max |diff| = {d.max() / 255:.4f}, values differing: {(d > 0).mean():.2e}")
-    assert d.max() <= 1 and (d > 0).mean() < 1e-3
+    assert d.max() <= 1 and not ((d > 0) & ~near_boundary).any()
 
 
 def test_export_layout_matches_released_checkpoint(trained_ckpt, tmp_path):
@@ -150,8 +155,9 @@ def test_gradients_reach_exactly_unet_mapper_ln_proj_uncond(model, monkeypatch):
         single_token_qk = {n for n, _ in model.named_parameters()
                            if n.startswith("image_encoder.mapper.") and (".attn1.to_q." in n or ".attn1.to_k." in n)}
         assert single_token_qk and all(model.get_parameter(n).requires_grad for n in single_token_qk)
-        assert all(model.get_parameter(n).grad is None or model.get_parameter(n).grad.abs().max() < 1e-6
-                   for n in single_token_qk)
+        # round-off only: at most a forward's worth relative to the gradient of the attention's value projection
+        grad_max = {n: 0.0 if p.grad is None else float(p.grad.abs().max()) for n, p in model.named_parameters()}
+        assert all(grad_max[n] <= FORWARD_REL * grad_max[re.sub(r"\.to_[qk]\.", ".to_v.", n)] for n in single_token_qk)
         with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
         trainable = ("unet.", "image_encoder.mapper.", "image_encoder.final_layer_norm.", "image_encoder.proj_out.",
                      "image_encoder.uncond_vector")
@@ -181,11 +187,13 @@ def test_guidance_scale_one_is_conditional_branch(model):
     assert torch.equal(cond["concat"], uncond["concat"])  # masked latent and mask identical in both branches
     assert torch.equal(uncond["context"], model.image_encoder.uncond_vector.expand(1, -1, -1))
     z, t = torch.randn(1, 4, 16, 16), torch.tensor(500)
-    assert torch.allclose(CFGGuider(1.0)(model.denoise, z, t, cond, uncond), model.denoise(z, t, cond))
+    assert torch.equal(CFGGuider(1.0)(model.denoise, z, t, cond, uncond), model.denoise(z, t, cond))
     e_u, e_c = model.denoise(z, t, uncond), model.denoise(z, t, cond)
-    assert torch.allclose(CFGGuider(5.0)(model.denoise, z, t, cond, uncond), e_u + 5 * (e_c - e_u), atol=1e-5)
-    assert torch.allclose(CFGGuider(0.0)(model.denoise, z, t, cond, uncond), e_u, atol=1e-5)  # unconditional
-    assert torch.allclose(CFGGuider(0.5)(model.denoise, z, t, cond, uncond), (e_u + e_c) / 2, atol=1e-5)
+    # the guider runs both branches in one batch, the references run them alone: a forward's round-off in each
+    # branch, which e_u + s (e_c - e_u) amplifies up to 1 + 2s
+    for s, want in ((5.0, e_u + 5 * (e_c - e_u)), (0.0, e_u), (0.5, (e_u + e_c) / 2)):  # s = 0: unconditional
+        assert_close_rel(CFGGuider(s)(model.denoise, z, t, cond, uncond), want, rel=(1 + 2 * s) * FORWARD_REL,
+                         what=f"CFG s={s}")
 
 
 def test_reference_changes_output_inside_mask(model):
@@ -301,7 +309,8 @@ def test_sd_inpainting_weights_are_converted(random_parts, tmp_path):
     with torch.no_grad():
         a = sd.conv_in(torch.cat([z, edit, masked], 1))
         b = m.unet.conv_in(torch.cat([z, masked, 1 - edit], 1))
-    assert torch.allclose(a[..., 1:-1, 1:-1], b[..., 1:-1, 1:-1], atol=1e-5)
+    # one convolution summed in another channel order, the mask weights negated: a few EPS of its 9x9 terms
+    assert_close_rel(b[..., 1:-1, 1:-1], a[..., 1:-1, 1:-1], rel=64 * EPS, what="converted conv_in")
 
 
 def test_full_size_sd14_config_on_meta():

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import tiny_backbone
+from numerics import FORWARD_REL, assert_close_rel
 from refedit.methods.sd_inpaint import SDInpaint
 
 
@@ -45,7 +46,9 @@ def test_parity_with_diffusers_inpaint_pipeline(model, tmp_path):
     ours = model.sample(b, num_steps=5, guidance_scale=4.0, generator=torch.Generator().manual_seed(7))
     ours01 = (ours / 2 + 0.5).clamp(0, 1)
     assert out_ref.shape == ours01.shape
-    assert (out_ref - ours01).abs().max().item() <= 1e-4
+    # both batch [uncond, cond] alike, so guidance adds no batched-vs-alone difference; the op orders around the
+    # networks differ: at most a forward's round-off per step (5) and one for the VAE decode
+    assert_close_rel(ours01, out_ref, rel=(5 + 1) * FORWARD_REL, what="sample vs inpaint pipeline")
 
 
 def test_guidance_scale_one_is_conditional_branch(model):
@@ -57,8 +60,9 @@ def test_guidance_scale_one_is_conditional_branch(model):
     t = torch.tensor(500)
     single = CFGGuider(1.0)(model.denoise, z, t, cond, uncond)
     batched_u, batched_c = model.denoise(torch.cat([z, z]), t, {k: torch.cat([uncond[k], cond[k]]) for k in cond}).chunk(2)
-    assert torch.allclose(single, model.denoise(z, t, cond))
-    assert torch.allclose(batched_u + 1.0 * (batched_c - batched_u), single, atol=1e-5)
+    assert torch.equal(single, model.denoise(z, t, cond))
+    # batched vs alone: a forward's round-off in each branch, u + s (c - u) amplifies it up to 1 + 2s
+    assert_close_rel(batched_u + 1.0 * (batched_c - batched_u), single, rel=3 * FORWARD_REL, what="batched s=1")
 
 
 def test_caption_changes_output(model):
