@@ -181,9 +181,9 @@ ONLY = dict(p_flip=0.0, p_rotate=0.0, p_blur=0.0, p_elastic=0.0)
 def test_reference_augmentation_ops_are_the_authors_opencv_ops():
     """Each step against albumentations 0.4.3's own OpenCV calls (functional.rotate / blur / elastic_transform)."""
     import cv2
-    from scipy.ndimage import gaussian_filter  # noqa: F401 - the authors' elastic field (used inside elastic_fields)
+    from scipy.ndimage import gaussian_filter
 
-    from refedit.data.reference_augment import elastic_fields
+    from refedit.data.reference_augment import elastic_fields, smooth_noise
 
     s = AUTHORS_SIZE
     x = _pattern(s)
@@ -199,6 +199,8 @@ def test_reference_augmentation_ops_are_the_authors_opencv_ops():
         np.testing.assert_allclose(ours({"angle": angle}), ref, atol=CV2_TOL)
     for k in (3, 5, 7):
         np.testing.assert_allclose(ours({"blur": k}), cv2.blur(img, (k, k)), atol=1e-5)
+    noise = np.random.default_rng(0).random((s, s)) * 2 - 1
+    np.testing.assert_allclose(smooth_noise(noise, 50.0), gaussian_filter(noise, 50.0), atol=1e-12)
     for seed in (0, 1, 2):
         m, dx, dy = elastic_fields(seed, (s, s), 1.0, 50.0, 50.0)
         warped = cv2.warpAffine(img, m, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
