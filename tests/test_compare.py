@@ -95,3 +95,52 @@ def test_eval_cli_on_toyworld_cocoee_export(random_parts, tmp_path, untrained_pr
     assert {r["method"] for r in rows} == {"sd_inpaint", "paste", "blur_fill"}
     assert all(r["task"] == "exemplar_inpaint" for r in rows)
     assert "report:" in res.stdout
+
+
+class _OwnPasteBack:
+    """A stand-in method whose own config would paste the source back (as PbE's and MimicBrush's did): its raw
+    output is a constant grey; it records the sample() options the benchmark gives it."""
+
+    device = torch.device("cpu")
+
+    def __init__(self):
+        self.calls = []
+
+    def sample(self, batch, **kw):
+        self.calls.append(kw)
+        ref = batch["video"][:, 0] if "video" in batch else batch["source"]
+        out = torch.full_like(ref, 0.25)
+        if kw.get("paste_back", True) and "mask" in batch:  # what the method would do left to its own config
+            out = torch.where(batch["mask"] > 0.5, out, batch["source"])
+        return out[:, None] if "video" in batch else out
+
+
+@pytest.mark.parametrize("paste_back", [False, True])
+def test_paste_back_is_one_benchmark_setting_for_every_method_and_the_report_says_so(paste_back, tmp_path,
+                                                                                    untrained_probe):
+    """Whatever a method's own sampling.paste_back, the benchmark asks every method for its raw output and pastes
+    back (or not) for all of them alike, the trivial rows included; report.md states the setting."""
+    from refedit.eval.benchmark import run_method
+    from refedit.eval.features import ToyworldProbe
+
+    cfg = _small(tasks=("exemplar_inpaint",), paste_back=paste_back)
+    batches = benchmark_batches("exemplar_inpaint", cfg)
+    probe = ToyworldProbe.load(untrained_probe)
+    outside = batches[0]["mask"].expand_as(batches[0]["source"]) < 0.5
+    for name in ("sd_inpaint", "paint_by_example", "mimicbrush", "magdiff", "paste", "blur_fill"):
+        model = None if name in adapters.TRIVIAL else _OwnPasteBack()
+        _, material = run_method(name, model, "exemplar_inpaint", batches, cfg, probe)
+        pred = material["pred"]
+        if model is not None:
+            assert model.calls and all(c["paste_back"] is False for c in model.calls), name
+            if not paste_back:  # the raw output, outside the mask too
+                assert torch.all(pred[outside] == 0.25), name
+        if paste_back:
+            assert torch.equal(pred[outside], batches[0]["source"][outside]), name
+        elif model is None:  # trivial rows keep the source outside the mask, up to their 8-bit round trip
+            assert (pred[outside] - batches[0]["source"][outside]).abs().max() <= 0.5 / 127.5 + 1e-6, name
+    models = {"paint_by_example": _OwnPasteBack(), "sd_inpaint": _OwnPasteBack(), "paste": None}
+    evaluate(models, cfg, probe, tmp_path, {"what": "test"})
+    report = (tmp_path / "report.md").read_text()
+    line = next(ln for ln in report.splitlines() if ln.startswith("- **paste-back**"))
+    assert line.startswith(f"- **paste-back**: {'on' if paste_back else 'off'}"), line

@@ -19,6 +19,7 @@ from refedit.data.self_reference import (
     rect_mask,
 )
 from refedit.data.synthetic import textured_image, write_coco_folder
+from numerics import EPS, assert_close_rel
 
 
 def _random_box(rng, h, w):
@@ -71,17 +72,20 @@ def test_extend_box_grows_each_side_within_40_percent_of_free_space(seed):
 
 def test_reference_augmentation_keeps_shape_range_and_is_reproducible():
     crop = textured_image((37, 61), np.random.default_rng(0))
-    aug = ReferenceAugment(size=64, p_flip=1, p_rotate=1, p_blur=1, p_elastic=1)
-    out, params = aug(crop, np.random.default_rng(1))
+    aug = ReferenceAugment(p_flip=1, p_rotate=1, p_blur=1, p_elastic=1)
+    out, params = aug(crop, np.random.default_rng(1), out_size=64)
     assert out.shape == (3, 64, 64) and out.dtype == torch.float32
     assert out.min() >= -1 and out.max() <= 1
     assert set(params) == {"hflip", "angle", "blur", "elastic"} and abs(params["angle"]) <= 20
-    again, _ = aug(crop, np.random.default_rng(1))
+    again, _ = aug(crop, np.random.default_rng(1), out_size=64)
     assert torch.equal(out, again)  # the same seed: the same augmentation, bit for bit
-    plain, p0 = ReferenceAugment(size=64, p_flip=0, p_rotate=0, p_blur=0, p_elastic=0)(crop, np.random.default_rng(1))
+    none = dict(p_flip=0, p_rotate=0, p_blur=0, p_elastic=0)
+    plain, p0 = ReferenceAugment(**none)(crop, np.random.default_rng(1), out_size=64)
     assert p0 == {} and not torch.equal(plain, out)
-    flipped, _ = ReferenceAugment(size=64, p_flip=1, p_rotate=0, p_blur=0, p_elastic=0)(crop, np.random.default_rng(1))
-    assert torch.equal(flipped, plain.flip(-1))  # a flip moves pixels, it computes nothing
+    flipped, _ = ReferenceAugment(**{**none, "p_flip": 1})(crop, np.random.default_rng(1), out_size=64)
+    # the flip happens at 224 px before the resize: mirrored resampling sums in another order
+    assert_close_rel(flipped, plain.flip(-1), rel=16 * EPS, what="flip then resize vs resize then flip")
+    assert ReferenceAugment(**none)(crop, np.random.default_rng(1))[0].shape == (3, 224, 224)  # the authors' size
 
 
 def test_self_reference_sample_follows_the_schema():
@@ -121,3 +125,135 @@ def test_self_reference_dataset_over_coco_is_deterministic_and_batches(tmp_path)
     kinds = {ds[i]["meta"]["mask_kind"] for i in range(len(ds)) for ds in [SelfReferenceDataset(src, size=32,
              reference_size=16, seed=s) for s in range(4)]}
     assert kinds == {"bezier", "box"}
+
+
+# ------------------------------------------------ the authors' augmentation (albumentations 0.4.3 defaults)
+AUTHORS_SIZE = 224  # Fantasy-Studio/Paint-by-Example ldm/data/open-images.py: A.Resize(224, 224) first
+
+
+def _coordinate_image(s: int) -> torch.Tensor:
+    """Channels x / s and y / s: bilinear resampling of a linear image is exact, so the output reads back, at every
+    pixel whose source lies inside the image, the source coordinate it sampled."""
+    yy, xx = torch.meshgrid(torch.arange(s, dtype=torch.float64), torch.arange(s, dtype=torch.float64), indexing="ij")
+    return torch.stack([xx / s, yy / s, torch.zeros_like(xx)])[None].float()
+
+
+def _fit_source_map(out: torch.Tensor, half: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """The affine map output pixel -> source pixel (A, b) read back from an augmented coordinate image.
+
+    Where the source lies outside the image the read-back is reflected (BORDER_REFLECT_101), so a block of output
+    pixels reads back either the true map or a folded copy of it: mirrored (det < 0), turned by 180 degrees
+    (negative diagonal; the true map's diagonal is positive for every draw of the authors' parameters) or shifted
+    by whole fold periods 2 (S - 1). The fit takes the block nearest the centre whose read-back is exactly affine
+    and not mirrored or turned, then removes the period shift (the true source of the centre lies within half a
+    period of it)."""
+    s = out.shape[-1]
+    src = out[0, :2].double().numpy() * s  # (2, S, S) source x, y per output pixel
+    c = s // 2
+    starts = sorted(((y, x) for y in range(0, s - 2 * half + 1, half) for x in range(0, s - 2 * half + 1, half)),
+                    key=lambda yx: (yx[0] + half - c) ** 2 + (yx[1] + half - c) ** 2)
+    for y0, x0 in starts:
+        block = src[:, y0:y0 + 2 * half, x0:x0 + 2 * half].reshape(2, -1).T
+        yy, xx = np.mgrid[y0:y0 + 2 * half, x0:x0 + 2 * half]
+        p = np.stack([xx.ravel(), yy.ravel(), np.ones(xx.size)], 1)
+        sol = np.linalg.lstsq(p, block, rcond=None)[0]
+        a, b = sol[:2].T, sol[2]
+        exact = np.abs(p @ sol - block).max() < 1e-2  # but for the float32 read-back (~1e-5 px)
+        if exact and np.linalg.det(a) > 0 and a[0, 0] > 0 and a[1, 1] > 0:
+            period = 2 * (s - 1)
+            centre = np.array([c, c], dtype=np.float64)
+            return a, b + np.round((centre - (a @ centre + b)) / period) * period
+    raise AssertionError("no block of the augmented coordinate image reads back an unfolded affine map")
+
+
+def _pattern(s: int) -> torch.Tensor:
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    img = np.stack([0.5 + 0.25 * np.sin(2 * np.pi * xx / 37) + 0.25 * np.cos(2 * np.pi * yy / 53),
+                    0.5 + 0.4 * np.sin(2 * np.pi * (xx + yy) / 61), 0.5 + 0.4 * np.cos(2 * np.pi * xx / 29)])
+    return torch.from_numpy(img)[None]
+
+
+#: OpenCV's warpAffine / remap quantise sampling positions to 1/32 px: at the test pattern's steepest slope
+#: (0.09 per px) that is 0.003; twice that for the two resamplings of the elastic transform
+CV2_TOL = 0.006
+
+ONLY = dict(p_flip=0.0, p_rotate=0.0, p_blur=0.0, p_elastic=0.0)
+
+
+def test_reference_augmentation_ops_are_the_authors_opencv_ops():
+    """Each step against albumentations 0.4.3's own OpenCV calls (functional.rotate / blur / elastic_transform)."""
+    import cv2
+    from scipy.ndimage import gaussian_filter
+
+    from refedit.data.reference_augment import elastic_fields, smooth_noise
+
+    s = AUTHORS_SIZE
+    x = _pattern(s)
+    img = x[0].permute(1, 2, 0).numpy().copy()
+    aug = ReferenceAugment()
+
+    def ours(params):
+        return aug.apply(x, params)[0].permute(1, 2, 0).numpy()
+
+    for angle in (-20.0, 7.5, 20.0):
+        m = cv2.getRotationMatrix2D((s / 2, s / 2), angle, 1.0)
+        ref = cv2.warpAffine(img, m, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        np.testing.assert_allclose(ours({"angle": angle}), ref, atol=CV2_TOL)
+    for k in (3, 5, 7):
+        np.testing.assert_allclose(ours({"blur": k}), cv2.blur(img, (k, k)), atol=1e-5)
+    noise = np.random.default_rng(0).random((s, s)) * 2 - 1
+    np.testing.assert_allclose(smooth_noise(noise, 50.0), gaussian_filter(noise, 50.0), atol=1e-12)
+    for seed in (0, 1, 2):
+        m, dx, dy = elastic_fields(seed, (s, s), 1.0, 50.0, 50.0)
+        warped = cv2.warpAffine(img, m, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        xx, yy = np.meshgrid(np.arange(s), np.arange(s))
+        ref = cv2.remap(warped, np.float32(xx + dx), np.float32(yy + dy), interpolation=cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_REFLECT_101)
+        np.testing.assert_allclose(ours({"elastic": seed}), ref, atol=CV2_TOL)
+
+
+def test_reference_augmentation_statistics_match_the_authors_parameters():
+    """Measured on test patterns, at the authors' 224 px: rotation angle range and reflected (never black)
+    borders; the elastic transform's random affine (anchors moved by U(-50, 50) px) and its sub-pixel
+    displacement field (alpha 1, sigma 50); how often each step applies and the blur kernel sizes."""
+    s = AUTHORS_SIZE
+    coords = _coordinate_image(s)
+    rng = np.random.default_rng(0)
+
+    rotate = ReferenceAugment(**{**ONLY, "p_rotate": 1.0})
+    angles = []
+    for _ in range(200):
+        out, (p,) = rotate.augment(coords, rng)
+        a, _ = _fit_source_map(out)
+        angles.append(np.degrees(np.arctan2(a[1, 0], a[0, 0])))  # inverse of cv2's counter-clockwise rotation
+        assert abs(angles[-1] - p["angle"]) < 1e-2
+    angles = np.array(angles)
+    assert np.abs(angles).max() <= 20 + 1e-2 and np.abs(angles).max() > 18
+    assert abs(angles.std() - 20 / np.sqrt(3)) < 1.5  # U(-20, 20): sd of the sample sd ~0.37 at n=200
+    white = torch.ones(1, 3, s, s)
+    for angle in (-20.0, 20.0):  # a rotated white image stays white: the corners are reflected, not padded black
+        assert rotate.apply(white, {"angle": angle}).min() > 1 - 1e-5
+
+    from refedit.data.reference_augment import elastic_anchors, elastic_fields
+
+    elastic = ReferenceAugment(**{**ONLY, "p_elastic": 1.0})
+    anchors = elastic_anchors((s, s)).astype(np.float64)
+    offsets, field_rms = [], []
+    for _ in range(300):
+        out, (p,) = elastic.augment(coords, rng)
+        a, b = _fit_source_map(out)
+        moved = (np.linalg.inv(a) @ (anchors - b).T).T  # the forward map sends each anchor where it was moved
+        offsets.append(moved - anchors)
+        _, dx, dy = elastic_fields(p["elastic"], (s, s), 1.0, 50.0, 50.0)
+        field_rms.append(float(np.sqrt((dx.astype(np.float64) ** 2 + dy ** 2).mean())))
+    off = np.concatenate(offsets).ravel()
+    # each anchor coordinate ~ U(-50, 50): |max| <= 50, sd 50/sqrt(3) (+-0.3 at n=1800), mean |.| 25 (+-0.34)
+    assert np.abs(off).max() <= 50 + 0.05 and np.abs(off).max() > 48
+    assert abs(off.std() - 50 / np.sqrt(3)) < 1.5 and abs(np.abs(off).mean() - 25) < 1.5
+    assert max(field_rms) < 0.05  # alpha=1 times noise smoothed by a 50 px Gaussian: a small fraction of a pixel
+
+    draws = [ReferenceAugment().draw(rng) for _ in range(4000)]
+    for key, p in (("hflip", 0.5), ("angle", 0.5), ("blur", 0.3), ("elastic", 0.3)):
+        freq = np.mean([key in d for d in draws])
+        assert abs(freq - p) < 0.035, (key, freq)  # binomial sd <= 0.008 at n=4000
+    assert {d["blur"] for d in draws if "blur" in d} == {3, 5, 7}

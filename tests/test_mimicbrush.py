@@ -204,6 +204,55 @@ def test_cfg_batch_matches_separate_branches(model):
     assert not uncond["keep"].any() and cond["keep"].all()
 
 
+def test_release_recipe_drops_reference_kv_for_a_fixed_quarter_and_null_is_clip_of_zero_pixel_values(random_parts):
+    """recipe=release (ali-vilab/MimicBrush models/ReferenceNet_attention.py, mimicbrush_referencenet.py): 0.5/0.5
+    attention blend; in training the first int(0.25 B) samples lose the reference K/V whatever happens to their
+    context; the null context is CLIP of all-zero pixel values (after normalisation), not of a black image."""
+    torch.manual_seed(0)
+    m = MimicBrush(backbone=tiny_backbone(random_parts), recipe="release")
+    procs = [p for p in m.unet.attn_processors.values() if isinstance(p, ReferenceKVProcessor)]
+    assert procs and all(p.blend == 0.5 for p in procs)
+    null = m.null_context(1)
+    for n in (4, 8, 12):
+        b = _batch(n=n)
+        for p_ctx in (0.0, 1.0):  # context never / always dropped: the K/V drop does not follow it
+            m.cond_drop_prob = p_ctx
+            with torch.no_grad():
+                cond, _ = m.conditions(b, train=True)
+            expected = torch.arange(n) >= n // 4
+            assert torch.equal(cond["keep"], expected), (n, p_ctx)
+            is_null = (cond["context"] == null).flatten(1).all(1)
+            assert bool(is_null.all()) == (p_ctx == 1.0) and bool(is_null.any()) == (p_ctx == 1.0)
+    with torch.no_grad():
+        s = m.image_encoder.image_size
+        zero_px = torch.zeros(1, 3, s, s)
+        tokens = m.image_encoder.model(pixel_values=zero_px, output_hidden_states=True).hidden_states[-2]
+        assert torch.equal(null, m.proj(tokens))
+        black = m.proj(m.image_encoder(-torch.ones(1, 3, s, s), output="penultimate"))
+        assert (null - black).abs().max() > 1e-3  # a different image from the paper recipe's black one
+    restore_processors(m.unet, m._stock_processors)
+
+
+def test_paper_recipe_drops_reference_kv_with_the_context(model):
+    assert model.recipe == "paper" and model.blend is None
+    b = _batch(n=8)
+    old = model.cond_drop_prob
+    try:
+        for p_ctx in (0.0, 1.0):
+            model.cond_drop_prob = p_ctx
+            with torch.no_grad():
+                cond, _ = model.conditions(b, train=True)
+            assert bool(cond["keep"].all()) == (p_ctx == 0.0) and bool(cond["keep"].any()) == (p_ctx == 0.0)
+        s = model.image_encoder.image_size
+        with torch.no_grad():
+            black = model.proj(model.image_encoder(-torch.ones(1, 3, s, s), output="penultimate"))
+            assert torch.equal(model.null_context(1), black)
+    finally:
+        model.cond_drop_prob = old
+    with pytest.raises(ValueError, match="method.recipe"):
+        MimicBrush(backbone=model.backbone_cfg, recipe="released")
+
+
 # ------------------------------------------------------------------------------------------- training
 def test_gradients_reach_both_unets_projection_and_depth_guider_only(model):
     model.train()

@@ -283,7 +283,12 @@ def test_checkpoint_excludes_frozen_clip_and_reloads(trained_ckpt):
 
 
 def test_reference_augment_flag(random_parts):
+    from refedit.data.reference_augment import ReferenceAugment
+    from refedit.data.self_reference import SelfReference
+
     m = PaintByExample(backbone=tiny_backbone(random_parts), reference_augment=True)
+    # one augmentation for both paths: the method's on-device one is the self-reference data's, same parameters
+    assert type(m.reference_aug) is ReferenceAugment and vars(m.reference_aug) == vars(SelfReference().augment)
     b = _batch(n=4)
     torch.manual_seed(0)
     aug = torch.stack([m.reference_pixels(b, train=True) for _ in range(4)])

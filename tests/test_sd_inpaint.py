@@ -28,27 +28,110 @@ def model(random_parts):
     return m.eval()
 
 
-def test_parity_with_diffusers_inpaint_pipeline(model, tmp_path):
+def _quantised(b):
+    """The batch with its source exactly representable as 8-bit (what a pipeline is given), and that image."""
+    from PIL import Image
+
+    src = ((b["source"][0].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+    b = dict(b, source=torch.from_numpy(src.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None])
+    return b, Image.fromarray(src)
+
+
+# strength < 1: diffusers encodes the start image (a posterior sample, with the generator) before drawing the noise
+@pytest.mark.parametrize("strength", [1.0, 0.6])
+def test_parity_with_diffusers_inpaint_pipeline(model, tmp_path, strength):
     from diffusers import StableDiffusionInpaintPipeline
+    from PIL import Image
 
     model.export_diffusers(tmp_path / "pipe")
     pipe = StableDiffusionInpaintPipeline.from_pretrained(tmp_path / "pipe", safety_checker=None,
                                                           requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    b = _batch()
-    src = ((b["source"][0].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
-    b["source"] = torch.from_numpy(src.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
-    from PIL import Image
-
-    out_ref = pipe(prompt=b["caption"], image=Image.fromarray(src), mask_image=Image.fromarray(
+    b, src = _quantised(_batch())
+    out_ref = pipe(prompt=b["caption"], image=src, mask_image=Image.fromarray(
         (b["mask"][0, 0].numpy() * 255).astype(np.uint8)), height=64, width=64, num_inference_steps=5,
-        guidance_scale=4.0, generator=torch.Generator().manual_seed(7), output_type="pt").images
-    ours = model.sample(b, num_steps=5, guidance_scale=4.0, generator=torch.Generator().manual_seed(7))
+        strength=strength, guidance_scale=4.0, generator=torch.Generator().manual_seed(7), output_type="pt").images
+    ours = model.sample(b, num_steps=5, guidance_scale=4.0, strength=strength,
+                        generator=torch.Generator().manual_seed(7))
     ours01 = (ours / 2 + 0.5).clamp(0, 1)
     assert out_ref.shape == ours01.shape
     # both batch [uncond, cond] alike, so guidance adds no batched-vs-alone difference; the op orders around the
     # networks differ: at most a forward's round-off per step (5) and one for the VAE decode
     assert_close_rel(ours01, out_ref, rel=(5 + 1) * FORWARD_REL, what="sample vs inpaint pipeline")
+
+
+@pytest.fixture(scope="module")
+def t2i_unet_dir(random_parts, tmp_path_factory):
+    """A random 4-channel text-to-image U-Net of the tiny config, saved in diffusers layout."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(3)
+    t2i = UNet2DConditionModel(**tiny_backbone(random_parts)["unet"]["config"])
+    root = tmp_path_factory.mktemp("t2i")
+    t2i.save_pretrained(root / "unet")
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def sdedit(random_parts, t2i_unet_dir):
+    bb = tiny_backbone(random_parts, **{"backbone.unet.pretrained": t2i_unet_dir})
+    return SDInpaint(backbone=bb, mode="sdedit").eval()
+
+
+def test_sdedit_runs_the_text_to_image_unet_unwidened(sdedit, t2i_unet_dir):
+    from diffusers import UNet2DConditionModel
+
+    saved = UNet2DConditionModel.from_pretrained(t2i_unet_dir, subfolder="unet")
+    assert sdedit.unet.config.in_channels == 4
+    assert all(torch.equal(a, b) for a, b in zip(sdedit.unet.state_dict().values(), saved.state_dict().values()))
+    assert sdedit.sampling_cfg["strength"] == 0.4  # the Magic Fixup paper's SDEdit baseline
+    assert sdedit.train_keys == ("target", "caption") and sdedit.sample_keys == ("source", "caption")
+
+
+@pytest.mark.parametrize("strength", [0.4, 0.6])
+def test_sdedit_parity_with_diffusers_img2img_pipeline(sdedit, tmp_path, strength):
+    """SDEdit at strength s with seed k is StableDiffusionImg2ImgPipeline on the same 4-channel weights."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    sdedit.export_diffusers(tmp_path / "pipe")
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(tmp_path / "pipe", safety_checker=None,
+                                                          requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.unet.config.in_channels == 4
+    b, src = _quantised(_batch())
+    b.pop("mask")
+    out_ref = pipe(prompt=b["caption"], image=src, strength=strength, num_inference_steps=10, guidance_scale=4.0,
+                   generator=torch.Generator().manual_seed(7), output_type="pt").images
+    ours = sdedit.sample(b, num_steps=10, guidance_scale=4.0, strength=strength,
+                         generator=torch.Generator().manual_seed(7))
+    ours01 = (ours / 2 + 0.5).clamp(0, 1)
+    assert out_ref.shape == ours01.shape
+    # at most a forward's round-off per step run (strength x 10 <= 6) plus the VAE encode and decode
+    assert_close_rel(ours01, out_ref, rel=(6 + 2) * FORWARD_REL, what="SDEdit vs img2img pipeline")
+    # the coarse edit, when given, is what SDEdit starts from
+    coarse = sdedit.sample({**b, "coarse": -b["source"]}, num_steps=10, guidance_scale=4.0, strength=strength,
+                           generator=torch.Generator().manual_seed(7))
+    assert (coarse - ours).abs().mean() > 1e-2
+
+
+def test_sdedit_trains_text_to_image_on_image_and_caption(sdedit):
+    b = {k: v for k, v in _batch(n=2).items() if k in ("target", "caption")}
+    sdedit.train()
+    sdedit.training_step(b, 0).backward()
+    with_grad = {n for n, p in sdedit.named_parameters() if p.grad is not None}
+    assert with_grad == {n for n, _ in sdedit.named_parameters() if n.startswith("unet.")}
+    sdedit.zero_grad()
+    sdedit.eval()
+
+
+def test_sdedit_refuses_an_inpainting_unet(random_parts, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    bb = tiny_backbone(random_parts)
+    UNet2DConditionModel(**{**bb["unet"]["config"], "in_channels": 9}).save_pretrained(tmp_path / "inp" / "unet")
+    bb = tiny_backbone(random_parts, **{"backbone.unet.pretrained": str(tmp_path / "inp")})
+    with pytest.raises(ValueError, match="text-to-image U-Net.*9 input channels"):
+        SDInpaint(backbone=bb, mode="sdedit")
 
 
 def test_guidance_scale_one_is_conditional_branch(model):

@@ -1,9 +1,10 @@
 """Paint-by-Example self-reference pairs from any boxed source (COCO, OpenImages, toyworld scenes...).
 
 For one box of an image: the reference is the box crop (padded by up to ``max_pad`` px) with
-Paint-by-Example's augmentation (resize to ``reference_size``, hflip p=0.5, rotation +-20 deg p=0.5,
-blur p=0.3, elastic p=0.3 - done with kornia's functional ops on parameters drawn from the sample's
-own numpy generator, so a sample is reproducible from ``(seed, epoch, index)`` whatever the worker);
+Paint-by-Example's augmentation at the authors' strength (:class:`~refedit.data.reference_augment.ReferenceAugment`:
+resize to 224, hflip p=0.5, rotation +-20 deg p=0.5 with reflected borders, box blur p=0.3, albumentations 0.4.3's
+elastic transform p=0.3; then resized to ``reference_size``), on parameters drawn from the sample's own numpy
+generator, so a sample is reproducible from ``(seed, epoch, index)`` whatever the worker;
 the edit mask is, with p=0.5, an irregular shape from four quadratic Bezier curves (one per box side,
 endpoints at the box corners, middle control point on the extended box edge, ``bezier_points`` points
 per curve jittered by 1-5 px) and otherwise the extended-box rectangle; then a random square crop
@@ -16,12 +17,11 @@ from __future__ import annotations
 from typing import Any
 
 import cv2
-import kornia
 import numpy as np
-import torch
 
 from refedit.data.errors import AnnotationError, RobustDataset
 from refedit.data.io import image_to_tensor, mask_to_tensor
+from refedit.data.reference_augment import ReferenceAugment
 from refedit.data.transforms import crop_resize, random_square_window
 
 
@@ -83,51 +83,6 @@ def rect_mask(box: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return m
 
 
-class ReferenceAugment:
-    """Paint-by-Example's reference augmentation on kornia functional ops with explicitly drawn parameters.
-
-    Blur is a box blur with a kernel in {3, 5, 7} (albumentations' ``Blur`` that the authors use);
-    elastic displacement is uniform noise smoothed by a ``elastic_sigma`` px Gaussian and scaled by
-    ``elastic_alpha`` (kornia's ``elastic_transform2d``; the defaults move pixels by ~1.6 px rms, ~6 px at
-    most at 224 px - a gentle warp, not a change of shape).
-    """
-
-    def __init__(self, size: int = 224, p_flip: float = 0.5, p_rotate: float = 0.5, max_angle: float = 20.0,
-                 p_blur: float = 0.3, blur_kernels: tuple[int, ...] = (3, 5, 7), p_elastic: float = 0.3,
-                 elastic_alpha: float = 1.0, elastic_sigma: float = 12.0,
-                 rotate_padding: str = "zeros") -> None:
-        self.size = int(size)
-        self.p_flip, self.p_rotate, self.max_angle = p_flip, p_rotate, max_angle
-        self.p_blur, self.blur_kernels = p_blur, tuple(blur_kernels)
-        self.p_elastic, self.elastic_alpha, self.elastic_sigma = p_elastic, elastic_alpha, elastic_sigma
-        self.rotate_padding = rotate_padding
-
-    def __call__(self, crop: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, Any]]:
-        """uint8 (h, w, 3) crop -> float32 (3, size, size) in [-1, 1], plus the drawn parameters."""
-        x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float() / 255.0
-        x = kornia.geometry.transform.resize(x, (self.size, self.size), interpolation="bilinear", antialias=True)
-        params: dict[str, Any] = {}
-        if rng.random() < self.p_flip:
-            x = kornia.geometry.transform.hflip(x)
-            params["hflip"] = True
-        if rng.random() < self.p_rotate:
-            angle = float(rng.uniform(-self.max_angle, self.max_angle))
-            x = kornia.geometry.transform.rotate(x, torch.tensor([angle]), padding_mode=self.rotate_padding)
-            params["angle"] = angle
-        if rng.random() < self.p_blur:
-            k = int(rng.choice(self.blur_kernels))
-            x = kornia.filters.box_blur(x, (k, k), border_type="reflect")
-            params["blur"] = k
-        if rng.random() < self.p_elastic:
-            noise = torch.from_numpy(rng.uniform(-1, 1, size=(1, 2, self.size, self.size)).astype(np.float32))
-            k = 2 * int(round(3 * self.elastic_sigma)) + 1
-            x = kornia.geometry.transform.elastic_transform2d(
-                x, noise, kernel_size=(k, k), sigma=(self.elastic_sigma, self.elastic_sigma),
-                alpha=(self.elastic_alpha, self.elastic_alpha), padding_mode="border")
-            params["elastic"] = True
-        return x[0].clamp_(0, 1).mul_(2).sub_(1), params
-
-
 class SelfReference:
     """Builds one Paint-by-Example training sample from an image and one of its boxes."""
 
@@ -137,7 +92,8 @@ class SelfReference:
         self.size, self.max_pad, self.extend_frac = int(size), int(max_pad), float(extend_frac)
         self.p_bezier, self.bezier_points, self.jitter = float(p_bezier), int(bezier_points), tuple(jitter)
         self.min_crop_frac, self.fill = float(min_crop_frac), fill
-        self.augment = ReferenceAugment(size=reference_size, **(augment or {}))
+        self.reference_size = int(reference_size)
+        self.augment = ReferenceAugment(**(augment or {}))
 
     def __call__(self, image: np.ndarray, box: np.ndarray, rng: np.random.Generator, caption: str = "",
                  meta: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -146,7 +102,7 @@ class SelfReference:
         if not (box[2] > box[0] and box[3] > box[1]):
             raise ValueError(f"empty box {box.tolist()}")
         pb = pad_box(box, hw, rng, self.max_pad)
-        reference, aug = self.augment(image[pb[1]: pb[3], pb[0]: pb[2]], rng)
+        reference, aug = self.augment(image[pb[1]: pb[3], pb[0]: pb[2]], rng, out_size=self.reference_size)
         ext = extend_box(box, hw, rng, self.extend_frac)
         if rng.random() < self.p_bezier:
             mask, kind = bezier_mask(box, ext, hw, rng, self.bezier_points, self.jitter), "bezier"

@@ -8,7 +8,7 @@ masked region of `source` (SDEdit-style starts), that region is blur-filled firs
 |----------------------|-------------------------|-------------------------|-------------------------|-------------------------|--------------------------------|
 | exemplar_inpaint     | native (caption of the  | native                  | native (no depth)       | coarse = reference      | 1-frame SDEdit (0.6) from the  |
 |                      | masked object)          |                         |                         | pasted into the hole    | blur-filled source, subject =  |
-|                      |                         |                         |                         | (the 'paste' row)       | reference cut-out; pasted back |
+|                      |                         |                         |                         | (the 'paste' row)       | reference cut-out              |
 | coarse_edit          | SDEdit 0.4 from the     | hole mask (1 - valid) + | mask + whole source     | native                  | 1-frame SDEdit (0.4) from the  |
 |                      | hole-filled coarse edit | the object cropped from | frame as reference      |                         | hole-filled coarse edit,       |
 |                      | (Magic Fixup's baseline)| the source frame        |                         |                         | subject cut from the source    |
@@ -18,6 +18,9 @@ masked region of `source` (SDEdit-style starts), that region is blur-filled firs
 
 Trivial rows: 'paste' (reference / coarse / subject pasted as is) and 'blur fill' (the edit region filled
 from its surroundings by OpenCV Telea inpainting).
+
+No adapter pastes the source back: that is one benchmark setting for every method alike
+(`benchmark.BenchmarkConfig.paste_back`).
 """
 
 from __future__ import annotations
@@ -148,7 +151,7 @@ def prepare(method: str, task: str, batch: Batch) -> tuple[Batch, dict[str, Any]
         if method == "magdiff":
             subject = cutout(batch["reference"], ref_mask)
             return ({"subject": subject, "caption": batch["caption"], "video": filled[:, None]}, {"strength": 0.6},
-                    lambda x: torch.where(holes > 0.5, x[:, 0], batch["source"]))
+                    lambda x: x[:, 0])
     if task == "coarse_edit":
         holes = 1 - batch["valid"]
         coarse_filled = blur_fill(batch["coarse"], holes)

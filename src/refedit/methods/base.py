@@ -163,11 +163,14 @@ class LatentEditModule(L.LightningModule):
         self.check_batch(batch, self.sample_keys)
         scheduler = self.schedule.ddim()
         timesteps = sdedit_timesteps(scheduler, num_steps, strength)
-        # noise is drawn before anything else uses the generator: diffusers' pipelines do the same
-        noise = torch.randn(self.latent_shape(batch), generator=generator, device=self.device)
+        # the generator's order is diffusers': img2img / inpaint pipelines encode the start image (a posterior
+        # sample) before they draw the noise; at strength 1 the noise is the first draw
         if strength < 1.0:
-            z = scheduler.add_noise(self.init_latents(batch, generator), noise, timesteps[:1])
+            z0 = self.init_latents(batch, generator)
+            noise = torch.randn(self.latent_shape(batch), generator=generator, device=self.device)
+            z = scheduler.add_noise(z0, noise, timesteps[:1])
         else:
+            noise = torch.randn(self.latent_shape(batch), generator=generator, device=self.device)
             z = noise * scheduler.init_noise_sigma
         cond, uncond = self.conditions(batch, train=False, generator=generator)
         z = self.prepare_start(z, batch, scheduler, timesteps, generator)

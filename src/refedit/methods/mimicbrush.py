@@ -9,9 +9,15 @@ imitative blocks attend over ``cat([own, reference])`` keys/values with their ow
 (`ReferenceKVProcessor`). The context is CLIP's penultimate-layer tokens of the reference through a Linear.
 A small conv net turns depth (from the batch or a pluggable estimator) into the 4 depth channels.
 
-CFG: the unconditional branch has the projection of CLIP(black image) as context and no reference K/V.
-Training drops the reference branch per sample with ``cond_drop_prob`` (paper 0.1) and the depth with
-``depth_drop_prob`` (0.5, all-zero depth).
+CFG: the unconditional branch has the null context and no reference K/V. Training drops the depth with
+``depth_drop_prob`` (0.5, all-zero depth). ``recipe`` chooses between the paper and the released code (`RECIPES`):
+
+- ``paper`` (default): attention over ``cat([own, reference])`` only; the reference branch (K/V and context
+  together) dropped per sample with ``cond_drop_prob`` (0.1); null context = projection of CLIP(black image).
+- ``release``: 0.5 x concatenated + 0.5 x plain self-attention; reference K/V dropped for a fixed quarter of
+  every training batch (its first ``int(0.25 B)`` samples), whatever their context, which is dropped on its own
+  per sample with ``cond_drop_prob``; null context = projection of CLIP of all-zero *pixel values* (zeros after
+  CLIP normalisation: the CLIP mean colour, not black).
 """
 
 from __future__ import annotations
@@ -47,6 +53,16 @@ log = logging.getLogger(__name__)
 #: imitative U-Net input: noisy latent 4 + mask 1 + masked-image latent 4 + depth feature 4
 IMITATIVE_CHANNELS = 13
 INPAINT_CHANNELS = 9
+
+#: paper vs released code (ali-vilab/MimicBrush: models/ReferenceNet_attention.py, the reader's self-attention;
+#: mimicbrush/mimicbrush_referencenet.py, get_image_embeds). blend: weight of plain self-attention (None =
+#: concatenation only); reference_drop_fraction: None = the reference K/V go with the context's per-sample
+#: dropout, else that fixed fraction of each training batch loses them; null_image: what CLIP sees for the
+#: unconditional context.
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": {"blend": None, "reference_drop_fraction": None, "null_image": "black"},
+    "release": {"blend": 0.5, "reference_drop_fraction": 0.25, "null_image": "zero_pixel_values"},
+}
 
 
 # ------------------------------------------------------------------------------------ reference attention
@@ -309,6 +325,7 @@ class MimicBrush(LatentEditModule):
     def build(
         self,
         reference_unet: Mapping[str, Any] | None = None,
+        recipe: str = "paper",
         blend: float | None = None,
         reference_blocks: Iterable[str] = ("mid", "up"),
         image_tokens: str = "penultimate",
@@ -317,7 +334,14 @@ class MimicBrush(LatentEditModule):
         depth_estimator: Mapping[str, Any] | Callable | None = None,
     ) -> None:
         bb = self.backbone_cfg
+        if recipe not in RECIPES:
+            raise ValueError(f"method.recipe must be one of {sorted(RECIPES)}, got {recipe!r}")
+        self.recipe = recipe
+        chosen = RECIPES[recipe]
+        blend = chosen["blend"] if blend is None else blend  # an explicit blend (0 = none) overrides the recipe's
         self.blend = None if blend is None else float(blend)
+        self.reference_drop_fraction = chosen["reference_drop_fraction"]
+        self.null_image = chosen["null_image"]
         self.image_tokens = image_tokens
         self.depth_drop_prob = float(depth_drop_prob)
         self.depth_normalize = bool(depth_normalize)
@@ -405,17 +429,28 @@ class MimicBrush(LatentEditModule):
         return [*self.unet.parameters(), *ref, *self.proj.parameters(), *self.depth_guider.parameters()]
 
     # ---------------------------------------------------------------------------- conditions
-    def encode_reference(self, images: torch.Tensor) -> torch.Tensor:
-        """Reference images -> context tokens (B, T, cross_attention_dim)."""
-        tokens = self.image_encoder(images, output=self.image_tokens)
+    def encode_reference(self, images: torch.Tensor, preprocessed: bool = False) -> torch.Tensor:
+        """Reference images in [-1, 1] (or CLIP pixel values, ``preprocessed``) -> context tokens (B, T, dim)."""
+        tokens = self.image_encoder(images, output=self.image_tokens, preprocessed=preprocessed)
         return self.proj(tokens.to(self.proj.weight.dtype))
 
     def null_context(self, n: int) -> torch.Tensor:
-        """Unconditional context: the projection of CLIP(all-zero image in [0,1], i.e. black = -1)."""
-        black = -torch.ones(
-            1, 3, self.image_encoder.image_size, self.image_encoder.image_size, device=self.proj.weight.device
-        )
-        return self.encode_reference(black).expand(n, -1, -1)
+        """Unconditional context: the projection of CLIP of a black image (paper recipe), or of all-zero CLIP pixel
+        values, i.e. after normalisation (release recipe: ``image_encoder(torch.zeros_like(clip_image))``)."""
+        s = self.image_encoder.image_size
+        zeros = torch.zeros(1, 3, s, s, device=self.proj.weight.device)
+        if self.null_image == "zero_pixel_values":
+            return self.encode_reference(zeros.to(self.image_encoder.model.dtype), preprocessed=True).expand(n, -1, -1)
+        return self.encode_reference(zeros - 1.0).expand(n, -1, -1)  # black: -1 in [-1, 1]
+
+    def reference_keep(self, n: int, context_dropped: torch.Tensor) -> torch.Tensor:
+        """Training: which samples see the reference K/V. Paper: those whose context was kept. Release: all but
+        the first ``int(fraction * n)`` of the batch, independently of the context."""
+        if self.reference_drop_fraction is None:
+            return ~context_dropped
+        keep = torch.ones(n, dtype=torch.bool, device=context_dropped.device)
+        keep[: int(n * self.reference_drop_fraction)] = False
+        return keep
 
     def depth_input(self, batch: Mapping[str, Any], *, train: bool) -> torch.Tensor:
         """(B,1,H,W) depth of the unmasked source: the estimator's when one is configured, else the batch's;
@@ -474,7 +509,7 @@ class MimicBrush(LatentEditModule):
                 "depth": depth_feat,
                 "context": context,
                 "ref_latent": ref_latent,
-                "keep": ~drop,
+                "keep": self.reference_keep(n, drop),
             }, None
         ones = torch.ones(n, dtype=torch.bool, device=source.device)
         cond = {

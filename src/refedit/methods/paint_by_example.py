@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
@@ -28,6 +29,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 from refedit.backbone.encoders import clip_image_processor, clip_image_processor_class
 from refedit.backbone.loading import ComponentLoadError, load_component
 from refedit.backbone.unet import build_unet
+from refedit.data.reference_augment import ReferenceAugment
 from refedit.methods.base import Cond, LatentEditModule
 
 try:  # diffusers >= 0.33 moved the (deprecated) pipeline under pipelines.deprecated
@@ -125,26 +127,6 @@ def clip_tensor_preprocess(images: torch.Tensor, size: int, mean: torch.Tensor, 
     return (x - mean) / std
 
 
-def _odd(x: float) -> int:
-    k = max(3, int(x))
-    return k if k % 2 else k + 1
-
-
-def reference_augmentation(image_size: int) -> torch.nn.Module:
-    """PbE's exemplar augmentation on GPU tensors in [0,1] at CLIP size: hflip 0.5, rotation +-20 deg 0.5,
-    blur 0.3, elastic 0.3 (kernels scaled from the authors' 224 px setting)."""
-    import kornia.augmentation as K
-
-    sigma_el = 32.0 * image_size / 224
-    return K.AugmentationSequential(
-        K.RandomHorizontalFlip(p=0.5),
-        K.RandomRotation(degrees=20.0, p=0.5),
-        K.RandomGaussianBlur(kernel_size=_odd(image_size / 32), sigma=(0.1, 2.0 * image_size / 224 + 0.5), p=0.3),
-        K.RandomElasticTransform(kernel_size=(_odd(min(63, image_size - 1)),) * 2, sigma=(sigma_el, sigma_el),
-                                 p=0.3),
-    )
-
-
 class PaintByExample(LatentEditModule):
     name = "paint_by_example"
     train_keys = ("target", "source", "mask", "reference")
@@ -183,7 +165,7 @@ class PaintByExample(LatentEditModule):
         fe = self.feature_extractor
         self.register_buffer("clip_mean", torch.tensor(fe.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("clip_std", torch.tensor(fe.image_std).view(1, 3, 1, 1), persistent=False)
-        self.reference_aug = reference_augmentation(size) if reference_augment else None
+        self.reference_aug = ReferenceAugment() if reference_augment else None  # the data path's, same defaults
 
     def _build_unet(self, spec: Mapping[str, Any]) -> UNet2DConditionModel:
         inpaint_weights = False
@@ -227,15 +209,15 @@ class PaintByExample(LatentEditModule):
     # ------------------------------------------------------------------ conditions
     def reference_pixels(self, batch: Mapping[str, Any], train: bool) -> torch.Tensor:
         """CLIP pixel values of the exemplar: the pipeline's own (from `prepare_edit_batch`) when present, else
-        tensor preprocessing (+ PbE's augmentation in training when `reference_augment`)."""
+        tensor preprocessing (+ PbE's augmentation in training when `reference_augment`, the same
+        `ReferenceAugment` the self-reference data uses, on parameters drawn from torch's global generator)."""
         if "reference_pixels" in batch:
             return batch["reference_pixels"].to(self.device, self.image_encoder.dtype)
         size = int(self.image_encoder.config.image_size)
         ref = batch["reference"]
         if train and self.reference_aug is not None:
-            x = ((ref.float() + 1) / 2)
-            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
-            ref = self.reference_aug(x).clamp(0, 1) * 2 - 1
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+            ref = self.reference_aug.augment((ref.float() + 1) / 2, rng)[0] * 2 - 1
         px = clip_tensor_preprocess(ref, size, self.clip_mean, self.clip_std)
         return px.to(self.image_encoder.dtype)
 

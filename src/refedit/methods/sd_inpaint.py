@@ -1,7 +1,13 @@
 """Stable-Diffusion inpainting baseline, with an SDEdit mode (spec: shared/specs/sd_inpaint.md).
 
-UNet input = cat([noisy latent 4, mask 1, masked-image latent 4]) in diffusers' order; mask 1 = edit; the
-masked image is the source with the hole set to 0 (mid grey). Text conditioning with caption dropout for CFG.
+``mode: inpaint``: UNet input = cat([noisy latent 4, mask 1, masked-image latent 4]) in diffusers' order; mask
+1 = edit; the masked image is the source with the hole set to 0 (mid grey). Text conditioning with caption dropout
+for CFG. Exports a StableDiffusionInpaintPipeline.
+
+``mode: sdedit`` (Meng et al.; the Magic Fixup paper's baseline at strength 0.4 with the caption): a
+*text-to-image* U-Net (``backbone.unet`` as it is, 4 input channels, no conv_in widening) fine-tuned as
+text-to-image (noisy latent + caption); sampling encodes the coarse edit (else the source), noises it to
+``sampling.strength`` and denoises with the caption. Exports a StableDiffusionImg2ImgPipeline.
 """
 
 from __future__ import annotations
@@ -16,6 +22,12 @@ from refedit.backbone.encoders import FrozenTextEncoder
 from refedit.backbone.unet import build_unet
 from refedit.methods.base import Cond, LatentEditModule
 
+MODES = ("inpaint", "sdedit")
+#: sampling.strength when the config leaves it null: inpainting runs the whole schedule; SDEdit starts at the
+#: Magic Fixup paper's baseline strength
+DEFAULT_STRENGTH = {"inpaint": 1.0, "sdedit": 0.4}
+INPAINT_CHANNELS = 9
+
 
 def latent_mask(mask: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
     """Pixel mask -> latent-size mask, resized as diffusers' inpainting pipeline does (nearest)."""
@@ -24,19 +36,31 @@ def latent_mask(mask: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
 
 class SDInpaint(LatentEditModule):
     name = "sd_inpaint"
-    train_keys = ("target", "source", "mask", "caption")
     data_hint = "Use a data config that yields captions and masks, e.g. data=toyworld data.task=text_inpaint."
     frozen_modules = ("codec", "text_encoder")
 
     def build(self, mode: str = "inpaint", full_mask_prob: float = 0.1) -> None:
-        if mode not in ("inpaint", "sdedit"):
-            raise ValueError(f"method.mode must be 'inpaint' or 'sdedit', got {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"method.mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
         self.full_mask_prob = float(full_mask_prob)
+        if (self.hparams.get("sampling") or {}).get("strength") is None:  # not given: the mode's own
+            self.sampling_cfg["strength"] = DEFAULT_STRENGTH[mode]
         self.text_encoder = FrozenTextEncoder.from_backbone(self.backbone_cfg, meta=self.meta)
-        self.unet = build_unet(self.backbone_cfg["unet"], in_channels=9, meta=self.meta)
+        if mode == "sdedit":
+            self.unet = build_unet(self.backbone_cfg["unet"], meta=self.meta)  # as it is: no widening
+            latent = self.codec.latent_channels
+            if int(self.unet.config.in_channels) != latent:
+                raise ValueError(f"method.mode=sdedit needs a text-to-image U-Net: backbone.unet has "
+                                 f"{self.unet.config.in_channels} input channels, the VAE latent {latent}")
+        else:
+            self.unet = build_unet(self.backbone_cfg["unet"], in_channels=INPAINT_CHANNELS, meta=self.meta)
         if self.backbone_cfg.get("gradient_checkpointing"):
             self.unet.enable_gradient_checkpointing()
+
+    @property
+    def train_keys(self) -> tuple[str, ...]:  # SDEdit mode fine-tunes text-to-image: image and caption only
+        return ("target", "caption") if self.mode == "sdedit" else ("target", "source", "mask", "caption")
 
     @property
     def sample_keys(self) -> tuple[str, ...]:  # SDEdit edits the whole image: no mask needed
@@ -55,34 +79,35 @@ class SDInpaint(LatentEditModule):
 
     def conditions(self, batch, *, train, generator=None) -> tuple[Cond, Cond | None]:
         captions = list(batch["caption"])
-        mask = batch["mask"] if "mask" in batch else torch.ones_like(batch["source"][:, :1])
-        if train and self.full_mask_prob > 0:  # whole-image masks keep SDEdit-mode inputs in distribution
-            full = torch.rand(mask.shape[0], device=mask.device) < self.full_mask_prob
-            mask = torch.where(full[:, None, None, None], torch.ones_like(mask), mask)
-        elif not train and self.mode == "sdedit":
-            mask = torch.ones_like(mask)
-        concat = self._inpaint_inputs(batch, generator, mask)
+        cond: Cond = {}
+        if self.mode == "inpaint":
+            mask = batch["mask"]
+            if train and self.full_mask_prob > 0:  # whole-image masks, as SD-inpainting's training has
+                full = torch.rand(mask.shape[0], device=mask.device) < self.full_mask_prob
+                mask = torch.where(full[:, None, None, None], torch.ones_like(mask), mask)
+            cond["concat"] = self._inpaint_inputs(batch, generator, mask)
         if train:
             drop = self.drop_mask(len(captions)).tolist()
             captions = ["" if d else c for c, d in zip(captions, drop)]
-            return {"concat": concat, "context": self.text_encoder(captions)}, None
-        cond = {"concat": concat, "context": self.text_encoder(captions)}
-        uncond = {"concat": concat, "context": self.text_encoder([""] * len(captions))}
-        return cond, uncond
+            return {**cond, "context": self.text_encoder(captions)}, None
+        uncond = {**cond, "context": self.text_encoder([""] * len(captions))}
+        return {**cond, "context": self.text_encoder(captions)}, uncond
 
     def init_latents(self, batch, generator):
         """SDEdit starts from the coarse edit when there is one, else from the source."""
         return self.codec.encode(batch.get("coarse", batch["source"]), generator=generator)
 
     def denoise(self, z, t, cond):
-        return self.unet(torch.cat([z, cond["concat"]], dim=1), t, encoder_hidden_states=cond["context"]).sample
+        x = torch.cat([z, cond["concat"]], dim=1) if "concat" in cond else z
+        return self.unet(x, t, encoder_hidden_states=cond["context"]).sample
 
     def export_diffusers(self, out_dir) -> None:
-        """Write a StableDiffusionInpaintPipeline directory (DDIM scheduler with the training schedule)."""
-        from diffusers import StableDiffusionInpaintPipeline
+        """Write a StableDiffusionInpaintPipeline (inpaint mode) or StableDiffusionImg2ImgPipeline (sdedit mode)
+        directory, with a DDIM scheduler of the training schedule."""
+        from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
 
-        pipe = StableDiffusionInpaintPipeline(vae=self.codec.vae, text_encoder=self.text_encoder.model,
-                                              tokenizer=self.text_encoder.tokenizer, unet=self.unet,
-                                              scheduler=self.schedule.ddim(), safety_checker=None,
-                                              feature_extractor=None, requires_safety_checker=False)
+        cls = StableDiffusionImg2ImgPipeline if self.mode == "sdedit" else StableDiffusionInpaintPipeline
+        pipe = cls(vae=self.codec.vae, text_encoder=self.text_encoder.model, tokenizer=self.text_encoder.tokenizer,
+                   unet=self.unet, scheduler=self.schedule.ddim(), safety_checker=None, feature_extractor=None,
+                   requires_safety_checker=False)
         pipe.save_pretrained(out_dir, safe_serialization=True)
