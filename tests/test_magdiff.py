@@ -274,16 +274,17 @@ def test_every_frame_attends_to_the_subject_tokens(model):
 def test_blank_frames_are_black(model):
     """Frames other than the first get a black image (the release zeroes their 8-bit pixels), for CLIP and HFA."""
     b = _batch()
-    cond, _ = model.conditions(b, train=False)
     black = torch.full_like(b["subject"][:1], -1.0)
     black_frame = torch.full_like(b["subject_inplace"][:1], -1.0)
-    want_hfa = model.hfa_latents(black_frame, (16, 16))[0]
+    with torch.no_grad():
+        cond, _ = model.conditions(b, train=False)
+        want_hfa = model.hfa_latents(black_frame, (16, 16))[0]
+        want_tok = model.subject_tokens(black)[0]
+        grey = model.hfa_latents(torch.zeros_like(black_frame), (16, 16))[0]
     scale = want_hfa.abs().max()
     for f in range(1, F_):  # the same ops on a batch of another size: round-off of the convolutions only
         assert torch.allclose(cond["hfa"][:, f], want_hfa.expand_as(cond["hfa"][:, f]), atol=1e-5 * float(scale))
-    want_tok = model.subject_tokens(black)[0]
     assert torch.allclose(cond["image"][:, 0, 16:32], want_tok.expand(2, -1, -1), atol=1e-5 * float(want_tok.abs().max()))
-    grey = model.hfa_latents(torch.zeros_like(black_frame), (16, 16))[0]
     assert (cond["hfa"][:, 1] - grey).abs().max() > 1e-3  # not the mid-grey zero tensor
 
 
