@@ -58,7 +58,6 @@ def evaluate(model, dataset, *, batch_size: int = 8, num_steps: int | None = Non
     `latent_spread` (mean MSE of a sample to that mean; latent_fixup = latent_mean + latent_spread) and
     `fixup_avg` (PSNR of the mean of the K decoded images) are added."""
     from refedit.batch import collate_edit, to_device
-    from refedit.methods.magic_fixup import fill_holes
 
     if samples < 1:
         raise ValueError(f"evaluate: samples={samples} must be >= 1")
@@ -77,7 +76,7 @@ def evaluate(model, dataset, *, batch_size: int = 8, num_steps: int | None = Non
             zs.append(model.sample(batch, num_steps=num_steps, strength=start_strength, eta=eta, generator=g,
                                    output_type="latent"))
             outs.append(model.images_from_latents(zs[-1], batch))
-        filled = fill_holes(batch["coarse"], batch["valid"], model.inpaint_radius, model.hole_dilation)
+        filled = model.filled_coarse(batch)
         z_target = model.codec.encode(batch["target"], sample=False)
         z_coarse = model.coarse_latents(batch)
         for key, img in (("coarse", batch["coarse"]), ("coarse_filled", filled),

@@ -49,7 +49,7 @@ def test_trivial_rows_never_see_the_edit_region(task):
 def test_adapters_give_each_method_the_keys_it_samples_with():
     need = {"sd_inpaint": {"source", "mask", "caption"}, "paint_by_example": {"source", "mask", "reference"},
             "mimicbrush": {"source", "mask", "reference"}, "magic_fixup": {"coarse", "valid", "reference"},
-            "magdiff": {"subject", "caption"}}
+            "magdiff": {"subject", "subject_inplace", "caption"}}
     for task in adapters.TASKS:
         batch = benchmark_batches(task, _small())[0]
         for method, keys in need.items():

@@ -242,6 +242,11 @@ def test_clips_subject_cutout_and_caption(vroot):
     subj = s["subject"]
     assert (subj[:, 0, 0] == -1).all()  # black around the subject
     assert (subj[:, 16, 16] != -1).any()
+    # the same cut-out left in place: frame 0 where the subject is, black elsewhere (aligned with the frame)
+    inplace, frame0 = s["subject_inplace"], s["video"][0]
+    keep = (inplace != -1).any(0)
+    assert inplace.shape == (3, 64, 64) and 0 < keep.float().mean() < 1
+    assert torch.equal(inplace[:, keep], frame0[:, keep])
     (vroot / "captions.jsonl").rename(vroot / "captions.bak")
     try:
         assert VideoClips(vroot, size=32, num_frames=2)[0]["caption"] == ""

@@ -29,6 +29,7 @@ def _batch(n=2, frames=F_, size=64, subject_hw=(48, 40), seed=0):
     g = torch.Generator().manual_seed(seed)
     return {"video": torch.rand(n, frames, 3, size, size, generator=g) * 2 - 1,
             "subject": torch.rand(n, 3, *subject_hw, generator=g) * 2 - 1,
+            "subject_inplace": torch.rand(n, 3, size, size, generator=g) * 2 - 1,
             "caption": ["a red striped star moving left", "a blue circle moving up"][:n]}
 
 
@@ -41,6 +42,13 @@ def _method(bb, **kw) -> MagDiff:
 def model(random_parts):
     torch.manual_seed(0)
     return _method(tiny_backbone(random_parts)).eval()
+
+
+@pytest.fixture(scope="module")
+def pretrained_model(random_parts, image_unet):
+    """MagDiff on a saved (pretrained-layout) image U-Net: the paper's trainable set applies."""
+    torch.manual_seed(0)
+    return _method(tiny_backbone(random_parts, **{"backbone.unet.pretrained": image_unet[1]})).eval()
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +112,7 @@ def test_method_equals_image_unet_with_image_scalar_zero(image_unet, random_part
 def test_apa_with_image_scalar_zero_is_text_cross_attention():
     torch.manual_seed(0)
     attn = Attention(query_dim=32, cross_attention_dim=24, heads=4, dim_head=8)
-    proc = APAProcessor(attn, num_image_tokens=16, alpha_image=0.0)
+    proc = APAProcessor(attn, num_text_tokens=77, alpha_image=0.0)
     assert proc.copied_init and torch.equal(proc.to_k_img.weight, attn.to_k.weight)
     hidden, text, image = torch.randn(3, 50, 32), torch.randn(3, 77, 24), torch.randn(3, 16, 24)
     ref = AttnProcessor2_0()(attn, hidden, text)
@@ -112,8 +120,12 @@ def test_apa_with_image_scalar_zero_is_text_cross_attention():
     assert_close_rel(out, ref, rel=FORWARD_REL, what="APA at a_i = 0 vs diffusers' processor")  # one layer, two codes
     proc.alpha_image.data.fill_(1.5)
     assert (proc(attn, hidden, torch.cat([text, image], dim=1)) - ref).abs().max() > 1e-3
+    # any number of image tokens after the text (16 per frame image x F frames in the release's context)
+    four = torch.randn(3, 64, 24)
+    proc.alpha_image.data.zero_()
+    assert torch.allclose(proc(attn, hidden, torch.cat([text, four], dim=1)), ref, atol=1e-6)
     with pytest.raises(ValueError, match="image tokens"):
-        proc(attn, hidden, image)  # text missing
+        proc(attn, hidden, text)  # image tokens missing
 
 
 def test_apa_is_on_every_spatial_cross_attention_only(model):
@@ -138,7 +150,9 @@ SPEC_TRAINABLE = [
 ]
 
 
-def test_trainable_set_is_the_spec(model):
+def test_trainable_set_is_the_spec(pretrained_model):
+    model = pretrained_model
+    assert not model.train_whole_unet
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     expected = {n for n, _ in model.named_parameters() if any(re.fullmatch(r, n) for r in SPEC_TRAINABLE)}
     assert names == expected
@@ -173,9 +187,10 @@ def test_hfa_accepts_any_subject_size(model, hw):
     out = model.hfa_latents(subject, (16, 16))
     assert out.shape == (2, 12, 16, 16)
     assert model.hfa.pixel_sizes((16, 16), model.codec.downsample) == [(96, 96), (80, 80), (64, 64)]
-    single = HFAPyramid("single")
     enc = lambda x: model.codec.encode(x, sample=False)  # noqa: E731
-    assert single(subject, (16, 16), model.codec.downsample, enc).shape == (2, 4, 16, 16)
+    for fit in ("resize", "letterbox"):  # in-place frames are stretched to each scale, cropped subjects letterboxed
+        single = HFAPyramid("single", fit=fit)
+        assert single(subject, (16, 16), model.codec.downsample, enc).shape == (2, 4, 16, 16)
     assert letterbox(subject, (32, 32)).shape[-2:] == (32, 32)
 
 
@@ -190,31 +205,149 @@ def test_subject_frames_first_and_cfg_on_text_only(model):
     b = _batch()
     cond, uncond = model.conditions(b, train=False)
     img, hfa = cond["image"], cond["hfa"]
-    assert img.shape == (2, F_, 16, 64) and hfa.shape == (2, F_, 12, 16, 16)
-    assert not torch.allclose(img[:, 0], img[:, 1])  # frame 0 = subject, other frames = the zero image
-    assert torch.equal(img[0, 1:], img[1, 1:]) and torch.equal(img[0, 1], img[0, 3])
-    assert not torch.allclose(img[0, 0], img[1, 0])
+    assert img.shape == (2, F_, 16 * F_, 64) and hfa.shape == (2, F_, 12, 16, 16)
+    assert torch.equal(img[:, 0], img[:, 3])  # image_context=all_frames: one context for every frame
+    assert not torch.allclose(hfa[:, 0], hfa[:, 1])  # HFA: frame 0 = subject, other frames = the blank image
+    assert torch.equal(hfa[0, 1:], hfa[1, 1:]) and torch.equal(hfa[0, 1], hfa[0, 3])
+    assert not torch.allclose(img[0, 0, :16], img[1, 0, :16])  # the subjects' tokens differ, the blank's do not
+    assert torch.equal(img[0, 0, 16:], img[1, 0, 16:])
     assert torch.equal(uncond["image"], img) and torch.equal(uncond["hfa"], hfa)  # negative = empty text only
     assert not torch.allclose(uncond["text"], cond["text"])
-    model.subject_frames = "all"
+    model.image_context = "per_frame"
     try:
+        c_pf, _ = model.conditions(b, train=False)
+        assert c_pf["image"].shape == (2, F_, 16, 64)
+        assert torch.equal(c_pf["image"][:, 0], img[:, 0, :16]) and torch.equal(c_pf["image"][:, 1], img[:, 0, 16:32])
+        model.subject_frames = "all"
         c_all, _ = model.conditions(b, train=False)
         assert torch.equal(c_all["image"][:, 0], c_all["image"][:, 3])  # one subject's tokens, repeated
     finally:
-        model.subject_frames = "first"
+        model.subject_frames, model.image_context = "first", "all_frames"
+
+
+def _apa_contexts(model, batch):
+    """The encoder_hidden_states every APA cross-attention receives in one denoiser call: {block: (N*F, L, D)}."""
+    seen, hooks = {}, []
+    for name in model.apa:
+        attn = model.unet.get_submodule(f"{name}.attn2")
+        hooks.append(attn.register_forward_pre_hook(
+            lambda mod, args, kwargs, name=name: seen.__setitem__(name, kwargs["encoder_hidden_states"]),
+            with_kwargs=True))
+    try:
+        cond, _ = model.conditions(batch, train=False)
+        with torch.no_grad():
+            out = model.denoise(torch.randn(2, 4, F_, 16, 16, generator=torch.Generator().manual_seed(0)),
+                                torch.tensor(500), cond)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen, out
+
+
+def test_every_frame_attends_to_the_subject_tokens(model):
+    """Release scheme (image_context=all_frames, subject_frames=first): the tokens of all F frame images, the
+    subject's first, are one context that every frame's APA cross-attention receives, so the identity reaches
+    frames 1..F-1 through APA. The motion modules are the identity at init and HFA's conv_in channels are zero,
+    so APA is the only path by which the subject can change frames 1..F-1."""
+    b = _batch()
+    subject_tokens = model.subject_tokens(b["subject"])  # (N, 16, D)
+    blank_tokens = model.subject_tokens(torch.full_like(b["subject"][:1], -1.0))
+    n_text = model.conditions(b, train=False)[0]["text"].shape[1]
+    seen, out = _apa_contexts(model, b)
+    assert len(seen) == len(model.apa)
+    for name, ctx in seen.items():
+        image = ctx[:, n_text:].reshape(2, F_, -1, 16, ctx.shape[-1])  # (N, frame attending, frame image, token, D)
+        assert image.shape[2] == F_, name  # the tokens of all F frame images, in frame order
+        for f in range(F_):
+            assert torch.allclose(image[:, f, 0], subject_tokens, atol=1e-5), (name, f)
+            assert torch.allclose(image[:, f, 1:], blank_tokens.expand_as(image[:, f, 1:]), atol=1e-5), (name, f)
+    other = dict(b, subject=torch.flip(b["subject"], dims=[-1]), subject_inplace=b["subject_inplace"])
+    _, out2 = _apa_contexts(model, other)
+    for f in range(F_):
+        assert (out[:, :, f] - out2[:, :, f]).abs().max() > 1e-4, f  # every frame's prediction sees the subject
+    model.image_context = "per_frame"  # the other scheme: frames 1..F-1 see only the blank image's tokens
+    try:
+        a, b2 = _apa_contexts(model, b)[1], _apa_contexts(model, other)[1]
+    finally:
+        model.image_context = "all_frames"
+    assert (a[:, :, 0] - b2[:, :, 0]).abs().max() > 1e-4 and torch.equal(a[:, :, 1:], b2[:, :, 1:])
+
+
+def test_blank_frames_are_black(model):
+    """Frames other than the first get a black image (the release zeroes their 8-bit pixels), for CLIP and HFA."""
+    b = _batch()
+    black = torch.full_like(b["subject"][:1], -1.0)
+    black_frame = torch.full_like(b["subject_inplace"][:1], -1.0)
+    with torch.no_grad():
+        cond, _ = model.conditions(b, train=False)
+        want_hfa = model.hfa_latents(black_frame, (16, 16))[0]
+        want_tok = model.subject_tokens(black)[0]
+        grey = model.hfa_latents(torch.zeros_like(black_frame), (16, 16))[0]
+    scale = want_hfa.abs().max()
+    for f in range(1, F_):  # the same ops on a batch of another size: round-off of the convolutions only
+        assert torch.allclose(cond["hfa"][:, f], want_hfa.expand_as(cond["hfa"][:, f]), atol=1e-5 * float(scale))
+    assert torch.allclose(cond["image"][:, 0, 16:32], want_tok.expand(2, -1, -1), atol=1e-5 * float(want_tok.abs().max()))
+    assert (cond["hfa"][:, 1] - grey).abs().max() > 1e-3  # not the mid-grey zero tensor
+
+
+def test_hfa_latent_of_the_inplace_subject_is_aligned_with_frame_0(random_parts, model):
+    """hfa_input=inplace (release): HFA encodes frame 0 with only the subject kept, so its latent is the frame's own
+    latent wherever the subject is: with a frame that is just the subject on black, HFA's latent for frame 0 is
+    exactly the VAE latent of frame 0 (single scale); every pyramid scale, pooled back, peaks where the subject
+    is."""
+    m = _method(tiny_backbone(random_parts), hfa="single").eval()
+    b = _batch()
+    frame0 = torch.full_like(b["subject_inplace"], -1.0)
+    frame0[:, :, 8:24, 40:56] = b["subject_inplace"][:, :, 8:24, 40:56]  # a subject in the top-right corner
+    b["video"][:, 0] = frame0
+    b["subject_inplace"] = frame0
+    b["subject"] = frame0[:, :, 8:24, 40:56]  # the cropped subject (what hfa_input=crop would encode)
+    cond, _ = m.conditions(b, train=False)
+    z0 = m.codec.encode(b["video"][:, 0], sample=False)
+    assert torch.allclose(cond["hfa"][:, 0], z0, atol=1e-5 * float(z0.abs().max()))
+    enc = lambda x: model.codec.encode(x, sample=False)  # noqa: E731
+    d = model.codec.downsample
+    empty = model.hfa.scale_latents(torch.full_like(frame0, -1.0), (16, 16), d, enc)
+    box = torch.zeros(16, 16, dtype=torch.bool)
+    box[8 // d:24 // d, 40 // d:56 // d] = True  # the subject's latent pixels
+    near = torch.zeros_like(box)
+    near[8 // d - 1:24 // d + 1, 40 // d - 1:56 // d + 1] = True
+    for i, z in enumerate(model.hfa.scale_latents(frame0, (16, 16), d, enc)):
+        # where the latent differs from an empty frame's (a random VAE's norms and mid attention spread a little
+        # of it everywhere): most strongly on the subject, at every scale
+        diff = (z - empty[i]).abs().sum(1)  # (N, 16, 16)
+        for k in range(diff.shape[0]):
+            peak = divmod(int(diff[k].argmax()), 16)
+            assert near[peak], (model.hfa.scales[i], k, peak)
+            assert diff[k][box].mean() > 2 * diff[k][~near].mean(), (model.hfa.scales[i], k)
+
+
+def test_random_unet_trains_whole_and_says_so(random_parts, caplog):
+    """backbone.unet.pretrained=null: a frozen random resnet skeleton cannot learn, so the whole U-Net trains."""
+    with caplog.at_level("WARNING", logger="refedit.methods.magdiff"):
+        m = _method(tiny_backbone(random_parts))
+    trainable = {id(p) for p in m.trainable_parameters()}
+    assert all(id(p) in trainable and p.requires_grad for p in m.unet.parameters())
+    assert m.train_whole_unet and "training the whole U-Net" in caplog.text
+    for part in ("resnets", "conv_out", "time_embedding"):
+        assert any(part in n and p.requires_grad for n, p in m.unet.named_parameters()), part
+    assert not any(p.requires_grad for n, p in m.named_parameters() if n.startswith(("codec.", "text_encoder.",
+                                                                                     "image_encoder.")))
 
 
 def test_generation_from_subject_alone_and_sdedit_editing(model):
     b = _batch()
-    gen = model.sample({"subject": b["subject"], "caption": b["caption"]}, num_steps=2,
-                       generator=torch.Generator().manual_seed(0))
+    alone = {k: b[k] for k in ("subject", "subject_inplace", "caption")}
+    gen = model.sample(alone, num_steps=2, generator=torch.Generator().manual_seed(0))
     assert gen.shape == (2, F_, 3, 64, 64)
     assert model.latent_shape({"subject": b["subject"]}) == (2, 4, F_, 16, 16)
     six = _batch(frames=6)
     edit = model.sample(six, num_steps=4, strength=0.5, generator=torch.Generator().manual_seed(0))
     assert edit.shape == (2, 6, 3, 64, 64)
     with pytest.raises(ValueError, match="source clip"):
-        model.sample({"subject": b["subject"], "caption": b["caption"]}, num_steps=4, strength=0.5)
+        model.sample(alone, num_steps=4, strength=0.5)
+    with pytest.raises(KeyError, match="subject_inplace.*hfa_input=crop"):  # HFA's input, named with the way out
+        model.sample({"subject": b["subject"], "caption": b["caption"]}, num_steps=2)
     grid = model.log_images(b, n=2, num_steps=2)
     assert grid["video"].shape == (2, F_, 3, 64, 64) and grid["grid"].dim() == 3
 

@@ -369,6 +369,17 @@ def test_subject_video_cutout():
         assert len(s["meta"]["boxes"]) == len(sample_spec(seed).objects)
 
 
+def test_subject_video_inplace_subject_is_frame_0_with_only_the_subject():
+    """subject_inplace: frame 0's pixels where the subject is visible, black elsewhere (pixel-aligned with frame 0,
+    what MagDiff's HFA encodes)."""
+    for seed in range(3):
+        s = build_sample("subject_video", seed, size=64, frames=4)
+        m = torch.from_numpy(render_clip(seed, 64, 4).masks[0, s["meta"]["object"]])
+        inplace, frame0 = s["subject_inplace"], s["video"][0]
+        assert inplace.shape == frame0.shape == (3, 64, 64) and m.any()
+        assert torch.equal(inplace[:, m], frame0[:, m]) and bool((inplace[:, ~m] == -1).all())
+
+
 def test_256px_and_512px():
     for task in TASKS:
         s = build_sample(task, 1, size=256, frames=3)

@@ -13,6 +13,10 @@ import torch
 
 # key -> (channels or None for non-tensors, kind). kind: "image" in [-1,1], "mask" in {0,1},
 # "video" (F,3,H,W) in [-1,1], "depth" (1,H,W) float >= 0, "text" str, "meta" dict.
+# subject: the segmented subject on black, cropped to it (any size). subject_inplace: the first frame of `video`
+#   with every pixel but the subject's black (3,H,W), so it is pixel-aligned with that frame (MagDiff's HFA).
+# coarse_filled: `coarse` with its holes (valid = 0) inpainted, added by the data workers for Magic Fixup
+#   (refedit.data.holes.FillCoarseHoles); batches without it are filled by the method itself.
 KEYS: dict[str, tuple[int | None, str]] = {
     "target": (3, "image"),
     "source": (3, "image"),
@@ -25,6 +29,8 @@ KEYS: dict[str, tuple[int | None, str]] = {
     "depth": (1, "depth"),
     "video": (3, "video"),
     "subject": (3, "image"),
+    "subject_inplace": (3, "image"),
+    "coarse_filled": (3, "image"),
     "meta": (None, "meta"),
 }
 NON_TENSOR_KEYS = frozenset(k for k, (_, kind) in KEYS.items() if kind in ("text", "meta"))

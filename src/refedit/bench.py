@@ -236,24 +236,24 @@ def bench_loop(parts: str, work: Path, n: int = 30, warmup: int = 5) -> None:
 # ------------------------------------------------------------------------------------- data / steps
 def bench_data(parts: str, work: Path, methods: Sequence[str], steps: int = 4, warmup: int = 2) -> None:
     """Per method at 64 px, one core: time to generate a batch vs one training step (smoke batch size)."""
-    from hydra.utils import instantiate
-
     from refedit.batch import collate_edit
+    from refedit.data.datamodule import build_datamodule
 
     for name in methods:
         try:
             with _threads(1):
                 cfg = tiny_cfg(parts, work / f"data_{name}", name)
                 L.seed_everything(cfg.seed, verbose=False)
-                dm = instantiate(cfg.data, _recursive_=False, _convert_="all")
+                model = build_method(cfg.method)
+                dm = build_datamodule(cfg.data, model)  # with the method's data-worker transform, as refedit.train
                 dm.setup("fit")
                 bs = dm.batch_size
+                prep = dm.sample_transform or (lambda s: s)
                 gen, batches = [], []
                 for r in range(steps):
                     t0 = time.perf_counter()
-                    batches.append(collate_edit([dm.train_set[r * bs + j] for j in range(bs)]))
+                    batches.append(collate_edit([prep(dm.train_set[r * bs + j]) for j in range(bs)]))
                     gen.append(time.perf_counter() - t0)
-                model = build_method(cfg.method)
                 train = time_steps(bare_step_fn(model), batches, steps, warmup)
             tg, ts = statistics.median(gen), statistics.median(train)
             emit(f"train_step_ms_{name}", ts * 1e3)

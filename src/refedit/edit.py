@@ -1,7 +1,8 @@
 """One edit from files:
 
     python -m refedit.edit ckpt=<ckpt> source=img.png mask=mask.png [reference=ref.png] [caption="..."]
-        [coarse=collage.png valid=valid.png] [subject=cutout.png] out=result.png|clip.mp4|clip.gif
+        [coarse=collage.png valid=valid.png] [subject=cutout.png subject_inplace=frame0_subject.png]
+        out=result.png|clip.mp4|clip.gif
         [seed=0] [steps=50] [guidance=5] [strength=1.0] [paste_back=true]
 
 Only the inputs the checkpoint's method needs are required. Masks: white (>= 128) = the region to edit.
@@ -29,7 +30,7 @@ from refedit.utils.images import (
     to_unit,
 )
 
-IMAGE_KEYS = ("source", "reference", "coarse", "subject")
+IMAGE_KEYS = ("source", "reference", "coarse", "subject", "subject_inplace")
 MASK_KEYS = ("mask", "valid", "reference_mask")
 OPTIONS = ("ckpt", "out", "caption", "seed", "steps", "guidance", "strength", "paste_back", "eta", "depth",
            *IMAGE_KEYS, *MASK_KEYS)

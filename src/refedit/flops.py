@@ -32,7 +32,7 @@ REAL_SCALE_FALLBACK: dict[str, list[str]] = {"sd_inpaint": ["backbone=sd15_inpai
 #: steps on CPU arrays (no tensor FLOPs) that cannot see a meta tensor: identity stand-ins while counting
 META_STAND_INS: dict[str, Callable[..., Any]] = {
     # Magic Fixup fills the coarse edit's holes with OpenCV (Navier-Stokes) before VAE encoding
-    "refedit.methods.magic_fixup.fill_holes": lambda coarse, *args, **kwargs: coarse,
+    "refedit.data.holes.fill_holes": lambda coarse, *args, **kwargs: coarse,
 }
 
 

@@ -67,6 +67,7 @@ def train(cfg: DictConfig) -> str:
     from omegaconf import open_dict
 
     from refedit.callbacks.preemption import PreemptionCheckpoint
+    from refedit.data.datamodule import build_datamodule
     from refedit.utils.checkpoint_io import AtomicCheckpointIO
 
     # the DataModule resumes its sampler itself (state_dict), which Lightning's check for a stateful loader misses
@@ -74,8 +75,8 @@ def train(cfg: DictConfig) -> str:
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     prepare_backbone(cfg)
-    datamodule = instantiate(cfg.data, _recursive_=False, _convert_="all")
     model = build_method(cfg.method, skip_nonfinite=bool(cfg.trainer.get("skip_nonfinite", False)))
+    datamodule = build_datamodule(cfg.data, model)  # the method's data transform runs in the data workers
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     resume_from = ckpt_path or _slurm_requeue_checkpoint(output_dir)
     if resume_from and cfg.get("logger") and cfg.logger.get("wandb"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import lightning as L
@@ -24,6 +24,19 @@ def _worker_init(worker_id: int) -> None:
 
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
+
+
+class TransformedDataset(Dataset):
+    """`dataset[i]` passed through `transform`: the transform runs where the sample is loaded (the data workers)."""
+
+    def __init__(self, dataset: Dataset, transform: Callable[[dict[str, Any]], dict[str, Any]]):
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.transform(self.dataset[index])
 
 
 class ResumableSampler(DistributedSampler):
@@ -57,11 +70,16 @@ class ResumableSampler(DistributedSampler):
 
 
 class EditDataModule(L.LightningDataModule):
+    """`sample_transform`: a picklable per-sample function run by the data workers on every training and
+    validation sample (a method's `data_transform()`, e.g. Magic Fixup's hole filling; see `build_datamodule`)."""
+
     def __init__(self, train_dataset: Mapping[str, Any] | Dataset | None = None,
                  val_dataset: Mapping[str, Any] | Dataset | None = None, batch_size: int = 8,
                  val_batch_size: int | None = None, num_workers: int = 0, pin_memory: bool = False,
-                 persistent_workers: bool = False, on_error: str = "skip", seed: int | None = None, **_: Any):
+                 persistent_workers: bool = False, on_error: str = "skip", seed: int | None = None,
+                 sample_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None, **_: Any):
         super().__init__()
+        self.sample_transform = sample_transform
         if on_error not in ("skip", "raise"):
             raise ValueError(f"data.on_error must be 'skip' or 'raise', got {on_error!r}")
         self.train_cfg, self.val_cfg = train_dataset, val_dataset
@@ -90,6 +108,8 @@ class EditDataModule(L.LightningDataModule):
             self.val_set = self._build(self.val_cfg)
 
     def _loader(self, ds: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        if self.sample_transform is not None:
+            ds = TransformedDataset(ds, self.sample_transform)
         sampler = None
         if shuffle:
             world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
@@ -131,6 +151,16 @@ class EditDataModule(L.LightningDataModule):
 
     def val_dataloader(self):
         return [] if self.val_set is None else self._loader(self.val_set, self.val_batch_size, shuffle=False)
+
+
+def build_datamodule(data_cfg: Any, method: Any = None) -> EditDataModule:
+    """The `data` config's DataModule; a method's `data_transform()` (if any) becomes its per-sample transform."""
+    from hydra.utils import instantiate
+
+    dm = instantiate(data_cfg, _recursive_=False, _convert_="all")
+    # set after instantiation: Hydra would turn a dataclass transform passed as an argument into a dict
+    dm.sample_transform = method.data_transform() if method is not None else None
+    return dm
 
 
 def _init_args(cfg: Mapping[str, Any]) -> set[str]:

@@ -431,7 +431,8 @@ class VideoCoarsePairs(_VideoDataset):
 class VideoClips(_VideoDataset):
     """MagDiff clips: ``video`` (F, 3, H, W) of ``num_frames`` frames every ``1 / clip_fps`` s (native rate
     when None), ``subject`` = the first frame cut out by its subject mask on black (cropped to the mask's
-    box, padded square, ``subject_size`` px), ``caption`` from the sidecar ("" when absent). The subject
+    box, padded square, ``subject_size`` px), ``subject_inplace`` = the same cut-out left in place (the whole
+    first frame, black but for the subject), ``caption`` from the sidecar ("" when absent). The subject
     mask sidecar is required; ``subject_id`` picks one instance of an id map (default: every non-zero)."""
 
     def __init__(self, root: str | os.PathLike, size: int = 256, *, num_frames: int = 8,
@@ -474,6 +475,7 @@ class VideoClips(_VideoDataset):
         subject = cv2.resize(crop(cut, (x0, y0, x0 + side, y0 + side))[0], (self.subject_size,) * 2,
                              interpolation=cv2.INTER_AREA)
         return {"video": video_to_tensor(frames), "subject": image_to_tensor(subject),
+                "subject_inplace": image_to_tensor(cut),
                 "caption": entry.caption or "",
                 "meta": {**self._base_meta(entry, index), "frames": idx, "subject_box": box.tolist(),
                          "has_caption": bool(entry.caption)}}

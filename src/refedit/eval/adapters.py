@@ -16,6 +16,10 @@ masked region of `source` (SDEdit-style starts), that region is blur-filled firs
 |                      | known), reference/caption = the subject; magic_fixup gets the pasted subject     |                         |                                |
 |                      | as coarse edit                                                                  |                         |                                |
 
+MagDiff's in-place subject (`subject_inplace`, what its HFA encodes): the task's own on subject_video; on
+exemplar_inpaint the reference cut-out pasted into the hole's box on black; on coarse_edit the hole-filled coarse
+edit inside the edit mask, black elsewhere.
+
 Trivial rows: 'paste' (reference / coarse / subject pasted as is) and 'blur fill' (the edit region filled
 from its surroundings by OpenCV Telea inpainting).
 
@@ -150,8 +154,9 @@ def prepare(method: str, task: str, batch: Batch) -> tuple[Batch, dict[str, Any]
                     "source": filled, "mask": holes}, {}, ident
         if method == "magdiff":
             subject = cutout(batch["reference"], ref_mask)
-            return ({"subject": subject, "caption": batch["caption"], "video": filled[:, None]}, {"strength": 0.6},
-                    lambda x: x[:, 0])
+            inplace = paste_into(torch.full_like(filled, -1.0), holes, batch["reference"], ref_mask)
+            return ({"subject": subject, "subject_inplace": inplace, "caption": batch["caption"],
+                     "video": filled[:, None]}, {"strength": 0.6}, lambda x: x[:, 0])
     if task == "coarse_edit":
         holes = 1 - batch["valid"]
         coarse_filled = blur_fill(batch["coarse"], holes)
@@ -173,9 +178,10 @@ def prepare(method: str, task: str, batch: Batch) -> tuple[Batch, dict[str, Any]
         if method == "mimicbrush":
             return {"source": coarse_filled, "mask": batch["mask"], "reference": batch["source"]}, {}, ident
         if method == "magdiff":
-            return ({"subject": ref, "caption": batch["caption"], "video": coarse_filled[:, None]}, {"strength": 0.4},
-                    lambda x: x[:, 0])
+            inplace = torch.where(batch["mask"] > 0.5, coarse_filled, torch.full_like(coarse_filled, -1.0))
+            return ({"subject": ref, "subject_inplace": inplace, "caption": batch["caption"],
+                     "video": coarse_filled[:, None]}, {"strength": 0.4}, lambda x: x[:, 0])
     if task == "subject_video":
         if method == "magdiff":
-            return {"subject": batch["subject"], "caption": batch["caption"]}, {}, ident
+            return {k: batch[k] for k in ("subject", "subject_inplace", "caption")}, {}, ident
     raise ValueError(f"no adapter for method '{method}' on task '{task}'")

@@ -88,6 +88,11 @@ class LatentEditModule(L.LightningModule):
     def denoise(self, z: torch.Tensor, t: torch.Tensor, cond: Mapping[str, Any]) -> torch.Tensor:
         raise NotImplementedError
 
+    def data_transform(self):
+        """A picklable per-sample function the data workers run before batching (None: nothing), for input
+        preparation that would otherwise stall the training step (`refedit.data.datamodule.build_datamodule`)."""
+        return None
+
     # ------------------------------------------------------------------ shared engine
     def _freeze(self) -> None:
         self.requires_grad_(False)

@@ -10,18 +10,29 @@ frame by frame. Differences to the release (VidRD-style): no temporal conv resid
 has none) and two temporal self-attentions per motion block.
 
 Conditions (per sample; the U-Net sees frames as its batch):
-* Subject-Driven Alignment: the condition is the segmented subject on black (`subject`).
-* APA: CLIP vision tokens of the subject (all tokens) -> perceiver resampler (diffusers' IP-Adapter-Plus
-  resampler, 16 learned queries) -> 16 image tokens per frame. `subject_frames: first` (release) gives frame 0 the
-  subject and the other frames a zero image (all-zero pixels in [-1,1], i.e. mid grey after CLIP's [0,1] mapping,
-  as the release's encoder sees a zero tensor); `all` gives every frame the subject. The U-Net's
-  encoder_hidden_states per frame are cat([text tokens, that frame's 16 image tokens], dim=1); each APA processor
-  splits them by its known image-token count (the last 16).
-* HFA: subject VAE latents at 1.5/1.25/1.0 x the video size (paper: 384/320/256 for 256 px) -> pooled to the latent
-  size -> 3x3 conv to 4 channels each -> concatenated to the noisy latent on channels (conv_in widened, zero init);
-  `hfa: single` is the release's one latent (in_channels 8). The same `subject_frames` rule applies per frame.
+* Subject-Driven Alignment: the condition is the segmented subject on black (`subject`, cropped to the subject;
+  `subject_inplace`, the first frame with everything but the subject blacked out).
+* Frame images: `subject_frames: first` (release) gives frame 0 the subject and the other frames a blank image,
+  black (-1 in [-1,1]: the release zeroes the 8-bit pixels of those frames before mapping them to [-1,1], for its
+  CLIP and VAE inputs alike); `all` gives every frame the subject.
+* APA: CLIP vision tokens of each frame image (all tokens) -> perceiver resampler (diffusers' IP-Adapter-Plus
+  resampler, 16 learned queries) -> 16 image tokens per frame image. `image_context: all_frames` (release): the
+  tokens of all F frame images are concatenated, cat([text, tokens of frame 0, ..., of frame F-1]), and that one
+  context is given to every frame, so the subject's tokens reach every frame; `per_frame`: frame f attends to
+  cat([text, its own 16 tokens]) only (with `subject_frames: first` frames 1..F-1 then never see the subject
+  through APA). Each APA processor splits its context after the text tokens (the tokenizer's fixed length).
+* HFA: VAE latents of the subject image at 1.5/1.25/1.0 x the video size (paper: 384/320/256 for 256 px) ->
+  pooled to the latent size -> 3x3 conv to 4 channels each -> concatenated to the noisy latent on channels
+  (conv_in widened, zero init); `hfa: single` is the release's one latent (in_channels 8). `hfa_input: inplace`
+  (release) encodes `subject_inplace`, pixel-aligned with frame 0, resized to each scale (alignment kept);
+  `crop` encodes the cropped `subject` letterboxed to each size (not aligned with the frame). The same
+  `subject_frames` rule applies per frame (the others get the blank image's latents).
 * Text dropped with p = cond_drop_prob for CFG; at sampling CFG is on text only (negative = empty text, same
   image tokens and HFA latents).
+
+What trains: the paper's set (temporal layers, spatial transformers with APA, conv_in, resampler, HFA convs) on a
+pretrained U-Net. With `backbone.unet.pretrained: null` the U-Net is random and its frozen resnets could never
+learn, so the whole U-Net trains then (logged at build).
 
 Latents are (B, 4, F, h, w) (diffusers' AnimateDiff layout), frames encoded one by one by the image VAE.
 Editing is SDEdit-style (the paper's "tuning-free editing" has no inversion in the release): the source clip
@@ -50,8 +61,17 @@ log = logging.getLogger(__name__)
 _TRAINABLE_UNET_RE = re.compile(r"(down_blocks\.\d+|up_blocks\.\d+|mid_block)\.(attentions|motion_modules)")
 
 
+def text_length(encoder: FrozenTextEncoder) -> int:
+    """Tokens per encoded caption: the tokenizer pads every caption to its model_max_length (without a loaded
+    tokenizer, on meta, the text model's position count, which SD's tokenizer length equals)."""
+    if encoder.tokenizer is not None:
+        return int(encoder.tokenizer.model_max_length)
+    return int(encoder.model.config.max_position_embeddings)
+
+
 class MagDiff(LatentEditModule):
     name = "magdiff"
+    # `subject_inplace` joins both with hfa_input=inplace (set in build)
     train_keys = ("video", "subject", "caption")
     sample_keys = ("subject", "caption")
     data_hint = ("Use a data config that yields clips with a segmented subject, e.g. data=toyworld "
@@ -60,10 +80,15 @@ class MagDiff(LatentEditModule):
 
     def build(self, num_frames: int = 8, motion: Mapping[str, Any] | None = None,
               image_tokens: Mapping[str, Any] | None = None, subject_frames: str = "first",
-              apa: Mapping[str, Any] | None = None, hfa: str = "pyramid",
-              hfa_scales: tuple[float, ...] | list[float] = (1.5, 1.25, 1.0), hfa_channels: int = 4) -> None:
+              image_context: str = "all_frames", apa: Mapping[str, Any] | None = None, hfa: str = "pyramid",
+              hfa_scales: tuple[float, ...] | list[float] = (1.5, 1.25, 1.0), hfa_channels: int = 4,
+              hfa_input: str = "inplace") -> None:
         if subject_frames not in ("first", "all"):
             raise ValueError(f"method.subject_frames must be 'first' or 'all', got {subject_frames!r}")
+        if image_context not in ("all_frames", "per_frame"):
+            raise ValueError(f"method.image_context must be 'all_frames' or 'per_frame', got {image_context!r}")
+        if hfa_input not in ("inplace", "crop"):
+            raise ValueError(f"method.hfa_input must be 'inplace' or 'crop', got {hfa_input!r}")
         motion = {"adapter": None, "num_attention_heads": 8, "max_frames": 32, **dict(motion or {})}
         tok = {"num_tokens": 16, "features": "tokens", "depth": 4, "hidden_dims": None, "dim_head": 64, "heads": 12,
                "ffn_ratio": 4, **dict(image_tokens or {})}
@@ -76,12 +101,21 @@ class MagDiff(LatentEditModule):
             raise ValueError(f"method.num_frames={self.num_frames} must be in [1, motion.max_frames="
                              f"{self.max_frames}] (the temporal position embedding's length)")
         self.subject_frames = subject_frames
+        self.image_context = image_context
+        self.hfa_input = hfa_input
+        if hfa_input == "inplace":
+            self.train_keys = (*type(self).train_keys, "subject_inplace")
+            self.sample_keys = (*type(self).sample_keys, "subject_inplace")
+            self.data_hint = (f"{type(self).data_hint} method.hfa_input=inplace also needs 'subject_inplace' (the "
+                              f"first frame, subject only, on black); method.hfa_input=crop encodes the cropped "
+                              f"subject instead.")
         self.image_features = tok["features"]
         self.num_image_tokens = int(tok["num_tokens"])
 
         self.text_encoder = FrozenTextEncoder.from_backbone(self.backbone_cfg, meta=self.meta)
         self.image_encoder = FrozenImageEncoder.from_backbone(self.backbone_cfg, meta=self.meta)
-        self.hfa = HFAPyramid(hfa, hfa_scales, self.codec.latent_channels, int(hfa_channels))
+        self.hfa = HFAPyramid(hfa, hfa_scales, self.codec.latent_channels, int(hfa_channels),
+                              fit="resize" if hfa_input == "inplace" else "letterbox")
         in_channels = self.codec.latent_channels + self.hfa.out_channels
         unet2d = build_unet(self.backbone_cfg["unet"], in_channels=in_channels, meta=self.meta)
         cross_dim = int(unet2d.config.cross_attention_dim)
@@ -97,17 +131,25 @@ class MagDiff(LatentEditModule):
                 hidden_dims=int(tok["hidden_dims"] or cross_dim), depth=int(tok["depth"]),
                 dim_head=int(tok["dim_head"]), heads=int(tok["heads"]), num_queries=self.num_image_tokens,
                 ffn_ratio=float(tok["ffn_ratio"]))
-            self.apa = install_apa(self.unet, self.num_image_tokens, float(apa["alpha_text"]),
+            self.apa = install_apa(self.unet, text_length(self.text_encoder), float(apa["alpha_text"]),
                                    float(apa["alpha_image"]))
         if self.backbone_cfg.get("gradient_checkpointing"):
             self.unet.enable_gradient_checkpointing()
+        self.train_whole_unet = not self.backbone_cfg["unet"].get("pretrained")
+        if self.train_whole_unet:
+            log.warning("magdiff: backbone.unet.pretrained is null, so the U-Net is randomly initialised: training "
+                        "the whole U-Net (resnets, samplers, time embedding and conv_out too), not only the paper's "
+                        "temporal / spatial-transformer / conv_in set, which needs a pretrained image U-Net")
 
     # ------------------------------------------------------------------ what trains
     def trainable_modules(self) -> dict[str, nn.Module]:
         """Temporal layers, spatial transformers (incl. APA K/V and alphas, which live in their attn2 processors),
-        conv_in, resampler, HFA convs. Resnets, up/down samplers, time embedding, conv_out stay frozen."""
-        mods: dict[str, nn.Module] = {"unet.conv_in": self.unet.conv_in, "resampler": self.resampler,
-                                      "hfa": self.hfa}
+        conv_in, resampler, HFA convs. Resnets, up/down samplers, time embedding, conv_out stay frozen, except
+        on a random U-Net (`backbone.unet.pretrained: null`), where the whole U-Net trains."""
+        mods: dict[str, nn.Module] = {"resampler": self.resampler, "hfa": self.hfa}
+        if self.train_whole_unet:
+            return {"unet": self.unet, **mods}
+        mods["unet.conv_in"] = self.unet.conv_in
         for name, m in self.unet.named_modules():
             if _TRAINABLE_UNET_RE.fullmatch(name):
                 mods[f"unet.{name}"] = m
@@ -155,12 +197,12 @@ class MagDiff(LatentEditModule):
         return x.view(b, f, *x.shape[1:])
 
     # ------------------------------------------------------------------ conditions
-    def _per_frame(self, subject: torch.Tensor, zero: torch.Tensor | None, frames: int) -> torch.Tensor:
-        """(N, ...) subject features + (1, ...) zero-image features -> (N, F, ...) by `subject_frames`."""
+    def _per_frame(self, subject: torch.Tensor, blank: torch.Tensor | None, frames: int) -> torch.Tensor:
+        """(N, ...) subject features + (1, ...) blank-image features -> (N, F, ...) by `subject_frames`."""
         first = subject[:, None]
         if self.subject_frames == "all" or frames == 1:
             return first.expand(-1, frames, *subject.shape[1:])
-        rest = zero[:, None].expand(subject.shape[0], frames - 1, *zero.shape[1:])
+        rest = blank[:, None].expand(subject.shape[0], frames - 1, *blank.shape[1:])
         return torch.cat([first, rest], dim=1)
 
     def subject_tokens(self, images: torch.Tensor) -> torch.Tensor:
@@ -173,23 +215,40 @@ class MagDiff(LatentEditModule):
         """(N,3,any,any) subjects -> (N, hfa.out_channels, h, w); VAE posterior mode (a deterministic condition)."""
         return self.hfa(images, latent_hw, self.codec.downsample, lambda x: self.codec.encode(x, sample=False))
 
-    def subject_conditions(self, subject: torch.Tensor, frames: int, latent_hw: tuple[int, int]) -> Cond:
-        """Per-frame image tokens (N,F,16,D) and HFA latents (N,F,C,h,w); frames other than the first see the zero
-        image when subject_frames=first."""
-        imgs = subject
-        if self.subject_frames == "first" and frames > 1:
-            imgs = torch.cat([subject, torch.zeros_like(subject[:1])])
-        tokens, hfa = self.subject_tokens(imgs), self.hfa_latents(imgs, latent_hw)
+    def hfa_image(self, batch: Mapping[str, Any], latent_hw: tuple[int, int]) -> torch.Tensor:
+        """What HFA encodes: the in-place subject (frame-sized) or the cropped one, by `hfa_input`."""
+        if self.hfa_input == "crop":
+            return batch["subject"]
+        self.check_batch(batch, ("subject_inplace",))
+        img = batch["subject_inplace"]
+        want = tuple(d * self.codec.downsample for d in latent_hw)
+        if tuple(img.shape[-2:]) != want:
+            raise ValueError(f"magdiff: batch['subject_inplace'] is {tuple(img.shape[-2:])}, the clip's frames are "
+                             f"{want}: the in-place subject must be frame 0's size (method.hfa_input=inplace)")
+        return img
+
+    def subject_conditions(self, batch: Mapping[str, Any], frames: int, latent_hw: tuple[int, int]) -> Cond:
+        """Per-frame image tokens (N, F, T, D) and HFA latents (N, F, C, h, w). With subject_frames=first the frames
+        other than the first have the blank (black) image. T = 16 x F with image_context=all_frames (every frame gets
+        the same context: the tokens of all F frame images in frame order), 16 with per_frame."""
+        subject, hfa_img = batch["subject"], self.hfa_image(batch, latent_hw)
         n = subject.shape[0]
-        zero_t, zero_h = (tokens[n:], hfa[n:]) if imgs.shape[0] > n else (None, None)
-        return {"image": self._per_frame(tokens[:n], zero_t, frames), "hfa": self._per_frame(hfa[:n], zero_h, frames)}
+        blank = self.subject_frames == "first" and frames > 1
+        if blank:  # one blank image per batch: its features are the same for every sample
+            subject = torch.cat([subject, torch.full_like(subject[:1], -1.0)])
+            hfa_img = torch.cat([hfa_img, torch.full_like(hfa_img[:1], -1.0)])
+        tokens, hfa = self.subject_tokens(subject), self.hfa_latents(hfa_img, latent_hw)
+        image = self._per_frame(tokens[:n], tokens[n:] if blank else None, frames)
+        if self.image_context == "all_frames":
+            image = image.flatten(1, 2)[:, None].expand(-1, frames, -1, -1)
+        return {"image": image, "hfa": self._per_frame(hfa[:n], hfa[n:] if blank else None, frames)}
 
     def conditions(self, batch, *, train, generator=None) -> tuple[Cond, Cond | None]:
         captions = list(batch["caption"])
         frames = self._frames(batch)
         if frames > self.max_frames:
             raise ValueError(f"{frames} frames exceed motion.max_frames={self.max_frames}")
-        subj = self.subject_conditions(batch["subject"], frames, self._latent_hw(batch))
+        subj = self.subject_conditions(batch, frames, self._latent_hw(batch))
         if train:
             drop = self.drop_mask(len(captions)).tolist()
             captions = ["" if d else c for c, d in zip(captions, drop)]
@@ -202,7 +261,7 @@ class MagDiff(LatentEditModule):
         n, _, f = z.shape[:3]
         x = torch.cat([z, cond["hfa"].transpose(1, 2).to(z.dtype)], dim=1)
         text = cond["text"][:, None].expand(-1, f, -1, -1)
-        context = torch.cat([text, cond["image"].to(text.dtype)], dim=2).flatten(0, 1)  # (N*F, L_text+16, D)
+        context = torch.cat([text, cond["image"].to(text.dtype)], dim=2).flatten(0, 1)  # (N*F, L_text + T, D)
         return self.unet(x, t, encoder_hidden_states=context).sample
 
     # ------------------------------------------------------------------ edit entry point

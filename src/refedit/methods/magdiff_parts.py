@@ -84,19 +84,20 @@ def spatial_block_names(unet: nn.Module) -> list[str]:
 class APAProcessor(nn.Module):
     """Adaptive Prompts Alignment on one cross-attention.
 
-    The block passes `encoder_hidden_states = cat([text tokens, image tokens], dim=1)`; the last
-    `num_image_tokens` are the image tokens (split by the known image-token count, so any text length works).
-    Q is shared; text K/V use the pretrained `attn.to_k/to_v`; image K/V are this processor's own layers,
+    The block passes `encoder_hidden_states = cat([text tokens, image tokens], dim=1)`; the first
+    `num_text_tokens` are the text (the tokenizer's fixed length; the release splits at its 77 the same way), the
+    rest are image tokens, however many: 16 of one frame's image, or 16 per frame for the release's context of
+    all F frame images. Q is shared; text K/V use the pretrained `attn.to_k/to_v`; image K/V are this processor's own layers,
     initialised as copies of the text projections when the widths match (IP-Adapter's init), else default init.
     `alpha_text`, `alpha_image` are learnable scalars (paper: 1.0 and 1.5).
     """
 
-    def __init__(self, attn: Attention, num_image_tokens: int, image_dim: int | None = None,
+    def __init__(self, attn: Attention, num_text_tokens: int, image_dim: int | None = None,
                  alpha_text: float = 1.0, alpha_image: float = 1.5):
         super().__init__()
-        if num_image_tokens < 1:
-            raise ValueError(f"APA needs at least one image token, got num_image_tokens={num_image_tokens}")
-        self.num_image_tokens = int(num_image_tokens)
+        if num_text_tokens < 1:
+            raise ValueError(f"APA needs at least one text token, got num_text_tokens={num_text_tokens}")
+        self.num_text_tokens = int(num_text_tokens)
         in_dim = attn.to_k.in_features if image_dim is None else int(image_dim)
         out_dim = attn.to_k.out_features
         dev = attn.to_k.weight.device
@@ -119,10 +120,10 @@ class APAProcessor(nn.Module):
     def forward(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
                 **kwargs) -> torch.Tensor:
-        if encoder_hidden_states is None or encoder_hidden_states.shape[1] <= self.num_image_tokens:
+        if encoder_hidden_states is None or encoder_hidden_states.shape[1] <= self.num_text_tokens:
             got = None if encoder_hidden_states is None else tuple(encoder_hidden_states.shape)
-            raise ValueError(f"APA cross-attention needs encoder_hidden_states = cat([text, {self.num_image_tokens} "
-                             f"image tokens], dim=1), got {got}")
+            raise ValueError(f"APA cross-attention needs encoder_hidden_states = cat([{self.num_text_tokens} text "
+                             f"tokens, image tokens], dim=1), got {got}")
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -131,8 +132,8 @@ class APAProcessor(nn.Module):
             b, c, h, w = hidden_states.shape
             hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
         batch = hidden_states.shape[0]
-        text = encoder_hidden_states[:, : -self.num_image_tokens]
-        image = encoder_hidden_states[:, -self.num_image_tokens:]
+        text = encoder_hidden_states[:, : self.num_text_tokens]
+        image = encoder_hidden_states[:, self.num_text_tokens:]
         if attention_mask is not None:  # a mask, if any, is over the text tokens
             attention_mask = attn.prepare_attention_mask(attention_mask, text.shape[1], batch)
             attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
@@ -159,14 +160,14 @@ class APAProcessor(nn.Module):
         return out / attn.rescale_output_factor
 
 
-def install_apa(unet: nn.Module, num_image_tokens: int, alpha_text: float = 1.0,
+def install_apa(unet: nn.Module, num_text_tokens: int, alpha_text: float = 1.0,
                 alpha_image: float = 1.5) -> dict[str, APAProcessor]:
     """Put an `APAProcessor` on the cross-attention (attn2) of every spatial transformer block; returns them by
     block name."""
     procs: dict[str, APAProcessor] = {}
 
     def make(name: str, attn: Attention, current) -> APAProcessor:
-        procs[name] = APAProcessor(attn, num_image_tokens, alpha_text=alpha_text, alpha_image=alpha_image)
+        procs[name] = APAProcessor(attn, num_text_tokens, alpha_text=alpha_text, alpha_image=alpha_image)
         return procs[name]
 
     install_processors(unet, spatial_block_names(unet), make, which="attn2")
@@ -200,14 +201,21 @@ class HFAPyramid(nn.Module):
     `pyramid` (paper): one latent per scale factor (pixel sizes = factor x video size; paper 384/320/256 for 256-px
     video = 1.5/1.25/1.0), each adaptive-avg-pooled to the latent size and mapped by its own 3x3 conv to
     `channels` channels. `single` (release): one latent at the video size, concatenated as is (4 channels).
+
+    `fit` says how an input image reaches each pixel size: `resize` for a full frame with the subject in place
+    (the release's input: stretching a frame-shaped image to each size and pooling back keeps every latent pixel
+    over the same frame pixels, so the latents stay aligned with the frame's); `letterbox` for a cropped subject
+    of any aspect (padded with black, then resized: no alignment with the frame exists).
     """
 
     def __init__(self, mode: str = "pyramid", scales: Sequence[float] = (1.5, 1.25, 1.0), latent_channels: int = 4,
-                 channels: int = 4):
+                 channels: int = 4, fit: str = "resize"):
         super().__init__()
         if mode not in ("pyramid", "single"):
             raise ValueError(f"method.hfa must be 'pyramid' or 'single', got {mode!r}")
-        self.mode = mode
+        if fit not in ("resize", "letterbox"):
+            raise ValueError(f"HFAPyramid fit must be 'resize' or 'letterbox', got {fit!r}")
+        self.mode, self.fit = mode, fit
         self.scales = tuple(float(s) for s in scales) if mode == "pyramid" else (1.0,)
         if not self.scales or min(self.scales) <= 0:
             raise ValueError(f"method.hfa_scales must be positive factors of the video size, got {list(scales)}")
@@ -220,14 +228,27 @@ class HFAPyramid(nn.Module):
         h, w = latent_hw
         return [(max(1, round(s * h)) * downsample, max(1, round(s * w)) * downsample) for s in self.scales]
 
+    def _fit(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if self.fit == "letterbox":
+            return letterbox(images, size)
+        if tuple(images.shape[-2:]) == tuple(size):
+            return images
+        return F.interpolate(images.float(), size=size, mode="bicubic", align_corners=False,
+                             antialias=True).clamp(-1, 1)
+
+    def scale_latents(self, subject: torch.Tensor, latent_hw: tuple[int, int], downsample: int,
+                      encode: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
+        """One VAE latent per scale, pooled to `latent_hw` (before the per-scale convs)."""
+        out = []
+        for size in self.pixel_sizes(latent_hw, downsample):
+            z = encode(self._fit(subject, size))
+            if tuple(z.shape[-2:]) != tuple(latent_hw):
+                z = F.adaptive_avg_pool2d(z, latent_hw)
+            out.append(z)
+        return out
+
     def forward(self, subject: torch.Tensor, latent_hw: tuple[int, int], downsample: int,
                 encode: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """subject (N,3,any,any) in [-1,1]; `encode` maps images to scaled VAE latents (frozen codec)."""
-        feats = []
-        for i, size in enumerate(self.pixel_sizes(latent_hw, downsample)):
-            z = encode(letterbox(subject, size))
-            if tuple(z.shape[-2:]) != tuple(latent_hw):
-                z = F.adaptive_avg_pool2d(z, latent_hw)
-            feats.append(self.convs[i](z) if self.convs is not None else z)
-        return torch.cat(feats, dim=1)
-
+        zs = self.scale_latents(subject, latent_hw, downsample, encode)
+        return torch.cat([self.convs[i](z) for i, z in enumerate(zs)] if self.convs is not None else zs, dim=1)

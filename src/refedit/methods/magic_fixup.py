@@ -32,10 +32,18 @@ epsilon loss (``prediction_type``; the toyworld default uses v-prediction, see c
 DDIM keeps the ``leading`` spacing (first step t=981 of 50, the authors' uniform discretisation): with epsilon
 prediction the trailing spacing would start at t=999 where alpha_bar = 0 and the x0 estimate divides by zero.
 
-Inference: holes filled by OpenCV Navier-Stokes inpainting after a 7x7 dilation of the hole mask (in training too,
-as the authors' data loader does), DDIM 50 steps, eta 1, no CFG; the first latent is the coarse latent noised to the
-first sampled step (`prepare_start`). ``sampling.start_strength`` < 1 starts later in the schedule (img2img-style
-truncation), so the start keeps more of the coarse edit.
+Holes: filled by OpenCV Navier-Stokes inpainting after a dilation of the hole mask, with the authors' 512-px values
+(7x7 dilation; radius 3 at inference, 5 in their training data loader) scaled to the image size
+(`refedit.data.holes.HoleFill`). Training batches get ``coarse_filled`` from the data workers (`data_transform`,
+training radius); batches without it (benchmarks, `refedit.edit`, ad-hoc calls) are filled here, with the
+inference radius when sampling.
+
+The detail extractor's noisy reference is re-noised with fresh noise at every denoiser call, i.e. every sampling
+step, as the release's ``q_sample`` draws it (from the sampling generator here, so a seed fixes it).
+
+Inference: DDIM 50 steps, eta 1, no CFG; the first latent is the coarse latent noised to the first sampled step
+(`prepare_start`). ``sampling.start_strength`` < 1 starts later in the schedule (img2img-style truncation), so the
+start keeps more of the coarse edit.
 
 Interactive edits: `coarse_from_moves` builds the collage and its ``valid`` mask from object moves;
 `MagicFixup.edit_moves` runs the fix-up on them.
@@ -68,6 +76,7 @@ from refedit.backbone.attention import (
 from refedit.backbone.loading import load_component
 from refedit.backbone.schedule import NoiseSchedule
 from refedit.backbone.unet import build_unet, transformer_blocks
+from refedit.data.holes import FillCoarseHoles, HoleFill
 from refedit.methods.base import Cond, LatentEditModule
 
 log = logging.getLogger(__name__)
@@ -207,24 +216,6 @@ def _trace_pair(configs: Sequence[Mapping[str, Any]], groups: Sequence[str],
 
 
 # ---------------------------------------------------------------------------------------- coarse edits
-def fill_holes(coarse: torch.Tensor, valid: torch.Tensor, radius: float = 3.0, dilation: int = 7) -> torch.Tensor:
-    """OpenCV Navier-Stokes inpainting of the holes (valid < 0.5), dilated by a `dilation` square first, as the
-    authors do before VAE encoding. (N,3,H,W) in [-1,1] -> same; pixels outside the dilated holes are unchanged."""
-    out = coarse.clone()
-    kernel = np.ones((dilation, dilation), np.uint8) if dilation > 1 else None
-    holes = (valid < 0.5).squeeze(1).cpu().numpy().astype(np.uint8)
-    for i in range(coarse.shape[0]):
-        if not holes[i].any():
-            continue
-        m = cv2.dilate(holes[i], kernel) if kernel is not None else holes[i]
-        img = ((coarse[i].detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0)
-        filled = cv2.inpaint(np.ascontiguousarray(img.numpy()), m, float(radius), cv2.INPAINT_NS)
-        filled_t = torch.from_numpy(filled).permute(2, 0, 1).to(coarse.device, torch.float32) / 127.5 - 1
-        sel = torch.from_numpy(m.astype(bool)).to(coarse.device)[None].expand_as(filled_t)
-        out[i] = torch.where(sel, filled_t.to(coarse.dtype), coarse[i])
-    return out
-
-
 def valid_from_black(coarse: torch.Tensor) -> torch.Tensor:
     """Holes of a ready collage given without a mask: pure-black pixels (all channels 0 in 8-bit) -> valid 0."""
     black = (coarse <= -1 + 0.5 / 127.5).all(dim=1, keepdim=True)
@@ -325,10 +316,13 @@ class MagicFixup(LatentEditModule):
 
     def build(self, detail_blocks: Sequence[str] = BLOCK_GROUPS, zero_terminal_snr: bool = True,
               sampling_timestep_spacing: str = "leading", inpaint_radius: float = 3.0, hole_dilation: int = 7,
+              train_inpaint_radius: float = 5.0, hole_reference_px: int | None = 512,
               holes_from_black: bool = True, prediction_type: str | None = None) -> None:
         self.detail_groups = tuple(detail_blocks)
-        self.inpaint_radius = float(inpaint_radius)
-        self.hole_dilation = int(hole_dilation)
+        ref_px = None if hole_reference_px is None else int(hole_reference_px)
+        self.hole_fill = HoleFill(int(hole_dilation), float(inpaint_radius), ref_px)  # inference
+        self.train_hole_fill = HoleFill(int(hole_dilation), float(train_inpaint_radius), ref_px)
+        self._warned_fill_in_step = False
         self.holes_from_black = bool(holes_from_black)
         self.sampling_cfg.setdefault("start_strength", 1.0)
         sched = {**self.backbone_cfg["scheduler"], "rescale_betas_zero_snr": bool(zero_terminal_snr)}
@@ -395,30 +389,48 @@ class MagicFixup(LatentEditModule):
     def _valid(self, batch: Mapping[str, Any]) -> torch.Tensor:
         return batch["valid"] if "valid" in batch else torch.ones_like(batch["coarse"][:, :1])
 
-    def coarse_latents(self, batch: Mapping[str, Any]) -> torch.Tensor:
+    def data_transform(self) -> FillCoarseHoles:
+        """The data workers add ``coarse_filled`` with the authors' training radius (their data loader's)."""
+        return FillCoarseHoles(self.train_hole_fill)
+
+    def filled_coarse(self, batch: Mapping[str, Any], train: bool = False) -> torch.Tensor:
+        """The coarse edit with its holes filled: the data workers' ``coarse_filled`` when the batch has it, else
+        filled here (inference radius; the training radius for a training batch built without the data
+        transform, which costs a device -> CPU round trip per step and is logged once)."""
+        if "coarse_filled" in batch:
+            return batch["coarse_filled"]
+        if train and not self._warned_fill_in_step:
+            self._warned_fill_in_step = True
+            log.warning("magic_fixup: training batch without 'coarse_filled': filling its holes in the training "
+                        "step; build the DataModule with refedit.data.datamodule.build_datamodule(cfg.data, "
+                        "method) so the data workers do it")
+        fill = self.train_hole_fill if train else self.hole_fill
+        return fill(batch["coarse"], self._valid(batch))
+
+    def coarse_latents(self, batch: Mapping[str, Any], train: bool = False) -> torch.Tensor:
         """VAE(coarse edit with its holes inpainted); posterior mode, so conditions are deterministic."""
-        filled = fill_holes(batch["coarse"], self._valid(batch), self.inpaint_radius, self.hole_dilation)
-        return self.codec.encode(filled, sample=False)
+        return self.codec.encode(self.filled_coarse(batch, train), sample=False)
 
     def conditions(self, batch, *, train, generator=None) -> tuple[Cond, Cond | None]:
-        zc = self.coarse_latents(batch)
+        zc = self.coarse_latents(batch, train)
         m = F.interpolate(self._valid(batch).float(), size=zc.shape[-2:], mode="area")
         concat = torch.cat([zc, m], dim=1)
         ref = self.codec.encode(self.reference_image(batch), sample=False)
-        # the extractor's own noise: independent of the synthesizer's (drawn once per sampling run)
-        ref_noise = torch.randn(ref.shape, generator=generator, device=ref.device, dtype=ref.dtype)
+        # the extractor's noise is drawn by `denoise` at every call, from this generator (None: the global one)
         if train:
             drop = self.drop_mask(concat.shape[0])[:, None, None, None]
             concat = torch.where(drop, torch.zeros_like(concat), concat)
-            return {"concat": concat, "ref": ref, "ref_noise": ref_noise}, None
-        cond = {"concat": concat, "ref": ref, "ref_noise": ref_noise}
-        return cond, {"concat": torch.zeros_like(concat), "ref": ref, "ref_noise": ref_noise}
+            return {"concat": concat, "ref": ref, "noise_generator": generator}, None
+        cond = {"concat": concat, "ref": ref, "noise_generator": generator}
+        return cond, {"concat": torch.zeros_like(concat), "ref": ref, "noise_generator": generator}
 
     def denoise(self, z, t, cond):
         n = z.shape[0]
         t_vec = t.reshape(-1).expand(n) if t.numel() == 1 else t
         ref = cond["ref"]
-        ref_t = self.schedule.add_noise(ref, cond["ref_noise"], t_vec.to(ref.device))
+        # fresh noise for the extractor at every call (every sampling step), independent of the synthesizer's
+        ref_noise = torch.randn(ref.shape, generator=cond.get("noise_generator"), device=ref.device, dtype=ref.dtype)
+        ref_t = self.schedule.add_noise(ref, ref_noise, t_vec.to(ref.device))
         mask = cond["concat"][:, -1:]
         synth_in = torch.cat([z, cond["concat"]], dim=1)
         extract_in = torch.cat([ref_t, ref, mask], dim=1).to(z.dtype)

@@ -42,7 +42,7 @@ TASK_KEYS: dict[str, tuple[str, ...]] = {
     "reference_imitation": ("source", "mask", "reference", "reference_mask", "target", "depth", "caption",
                             "meta"),
     "coarse_edit": ("source", "mask", "reference", "coarse", "valid", "target", "caption", "meta"),
-    "subject_video": ("subject", "video", "caption", "meta"),
+    "subject_video": ("subject", "subject_inplace", "video", "caption", "meta"),
     "text_inpaint": ("source", "mask", "target", "caption", "meta"),
 }
 TASKS: tuple[str, ...] = tuple(TASK_KEYS)
@@ -288,7 +288,8 @@ def _subject_video(seed: int, size: int, frames: int, ref_size: int, mask_kind: 
     rgb, m = _render_crop(clip.spec, 0.0, clip.boxes[0, obj], frame_origin(clip.spec, 0.0, size), size, ref_size,
                           obj)
     subject = _image(np.where(m, rgb, 0).astype(np.uint8))
-    return {"subject": subject, "video": _image(clip.rgb_u8),
+    inplace = _image(np.where(clip.masks[0, obj], clip.rgb_u8[0], 0).astype(np.uint8))
+    return {"subject": subject, "subject_inplace": inplace, "video": _image(clip.rgb_u8),
             "caption": motion_caption(clip.spec, obj, 0.0, 1.0),
             "meta": _meta(task, seed, size, list(range(frames)), clip, 0, obj)}
 
