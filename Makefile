@@ -25,7 +25,7 @@ preset_arg = $(if $(PRESET),experiment=$(PRESET),)
 compare_preset = $(if $(PRESET),$(PRESET),default)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full train eval compare sweep bench lint format clean
+.PHONY: help install test test-full foundations train eval compare sweep bench lint format clean
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ test: $(STAMP) ## fast test suite (< 15 min on 2 cores; CI runs this)
 
 test-full: $(STAMP) ## every test, including the slow ones
 	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/pytest -q -n $(JOBS)
+
+foundations: $(STAMP) ## build (or show) the cached stage 1, the toy SD: make foundations [ARGS='foundations=quick']
+	$(PY) -m refedit.foundations $(ARGS)
 
 train: $(STAMP) ## train one method: make train METHOD=mimicbrush PRESET=smoke ARGS='trainer.max_steps=100'
 	$(PY) -m refedit.train method=$(METHOD) $(preset_arg) $(ARGS)

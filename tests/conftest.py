@@ -37,18 +37,41 @@ def _same_global_state_for_every_test():
     torch.set_num_threads(TEST_THREADS)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_default_stage1_in_tests():
+    """`make test` never builds the default foundations (tens of minutes): a test that would is an error."""
+    import refedit.foundations.build as fb
+    from refedit.foundations import FoundationsConfig
+
+    build, default = fb.build_foundations, FoundationsConfig()
+
+    def guarded(out_dir, cfg):
+        if cfg.prior_steps >= default.prior_steps or cfg.vae_steps >= default.vae_steps:
+            raise RuntimeError(f"a test asked for the default stage-1 budget into {out_dir}: give it a tiny "
+                               f"FoundationsConfig, or point backbone.root at the random_parts fixture")
+        return build(out_dir, cfg)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(fb, "build_foundations", guarded)
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def random_parts(tmp_path_factory) -> str:
-    """Untrained tiny VAE / CLIP / tokenizer saved in diffusers layout (the same layout SD-1.5 weights use)."""
-    from refedit.backbone.foundations import save_random_foundations
+    """Untrained foundations (toy-sd/, toy-sd-inpainting/, clip/, probe/) in the layout stage 1 writes, the roots
+    in diffusers layout as SD-1.5's: point `backbone.root` at it."""
+    from refedit.foundations import save_random_foundations
+    from refedit.utils.config import compose, to_dict
 
-    return str(save_random_foundations(tmp_path_factory.mktemp("parts")))
+    unet = to_dict(compose("train", ["paths.output_dir=/tmp/x"]).foundations.unet)
+    return str(save_random_foundations(tmp_path_factory.mktemp("parts"), unet=unet))
 
 
 def tiny_backbone(pretrained: str, **overrides) -> dict:
-    """The real conf/backbone/tiny.yaml composed with `backbone.pretrained` pointing at saved parts."""
+    """The real conf/backbone/tiny.yaml composed with `backbone.root` pointing at saved parts."""
     from refedit.utils.config import compose, to_dict
 
-    ov = [f"backbone.pretrained={pretrained}"] + [f"{k}={v}" for k, v in overrides.items()]
+    ov = [f"backbone.root={pretrained}"] + [f"{k}={v}" for k, v in overrides.items()]
     cfg = compose("train", ov)
     return to_dict(cfg.backbone)

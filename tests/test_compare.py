@@ -81,7 +81,7 @@ def test_eval_cli_on_toyworld_cocoee_export(random_parts, tmp_path, untrained_pr
     export(tmp_path / "export", n=2, size=64, frames=4)
     cocoee = tmp_path / "export" / "cocoee"
     assert (cocoee / "GT").is_dir()
-    cfg = compose("train", [f"backbone.pretrained={random_parts}", "backbone.build_foundations=false",
+    cfg = compose("train", [f"backbone.root={random_parts}", "backbone.build_foundations=false",
                             f"paths.output_dir={tmp_path / 'run'}", "logger=csv", "trainer.max_steps=2",
                             "data.batch_size=2", "callbacks.image_logger.num_steps=2"])
     ckpt = train(cfg)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from numerics import EPS, assert_close_rel
 from refedit.batch import collate_edit, validate_sample
 from refedit.data.boxes import CocoBoxes
 from refedit.data.self_reference import (
@@ -19,7 +20,6 @@ from refedit.data.self_reference import (
     rect_mask,
 )
 from refedit.data.synthetic import textured_image, write_coco_folder
-from numerics import EPS, assert_close_rel
 
 
 def _random_box(rng, h, w):

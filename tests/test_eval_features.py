@@ -10,11 +10,10 @@ from refedit.eval.features import (
     ClipFeatures,
     DinoFeatures,
     InceptionFeatures,
-    ProbeConfig,
+    ObjectLocator,
     ToyworldProbe,
     build_feature_extractor,
-    ensure_probe,
-    probe_ready,
+    square_crops,
 )
 from refedit.eval.metrics import identity_score
 
@@ -41,7 +40,6 @@ def test_probe_forward_shapes_and_reload_identical(tmp_path):
     probe.save(tmp_path / "p", {"heldout_accuracy": {"shape": 1.0}})
     again = ToyworldProbe.load(tmp_path / "p")
     assert torch.equal(again(x), f)
-    assert probe_ready(tmp_path / "p")
     assert json.loads((tmp_path / "p" / "probe.json").read_text())["heldout_accuracy"] == {"shape": 1.0}
     assert torch.equal(build_feature_extractor("probe", path=str(tmp_path / "p"))(x), f)
     # the metrics take the probe as feature_fn
@@ -51,28 +49,36 @@ def test_probe_forward_shapes_and_reload_identical(tmp_path):
     assert_close_rel(identity_score(x, x, mask, mask, probe), torch.ones(5), rel=probe.dim * EPS, what="cosine")
 
 
-def test_ensure_probe_trains_once_and_caches(tmp_path, monkeypatch):
-    cfg = ProbeConfig(num_train=48, num_heldout=16, steps=2, batch=8)
-    probe = ensure_probe(tmp_path / "probe", cfg)
-    info = json.loads((tmp_path / "probe" / "probe.json").read_text())
-    assert set(info["heldout_accuracy"]) == {"shape", "colour", "pattern"} and info["num_heldout"] == 16
-    assert not list(tmp_path.glob("*.tmp-*"))  # the temp dir was renamed into place
-    import refedit.eval.features as feats
-
-    monkeypatch.setattr(feats, "train_probe", lambda *a, **k: pytest.fail("retrained a cached probe"))
-    again = ensure_probe(tmp_path / "probe", cfg)
-    x = _imgs(2, 32)
-    assert torch.equal(again(x), probe(x))
-    assert probe_ready(tmp_path / "probe") and probe_ready(tmp_path / "probe", cfg)
-    assert not probe_ready(tmp_path / "probe", ProbeConfig(num_train=48, num_heldout=16, steps=3, batch=8)), \
-        "a probe trained with another budget must not be reused"
+def test_square_crops_and_locator_roundtrip(tmp_path):
+    """square_crops cuts each box's square window (margin included) and resizes it; a saved locator reloads
+    bit-identically and crops the largest found region."""
+    img = torch.full((2, 3, 64, 64), -1.0)
+    img[:, :, 10:30, 30:50] = 1.0  # a 20 x 20 white box
+    crops = square_crops(img, [(30, 10, 50, 30), None], 16, margin=0.0)
+    assert crops.shape == (2, 3, 16, 16)
+    # box 0: its window is the box plus 1 px each side (white inside, 22 px side); None: the whole frame
+    assert crops[0].mean() > 0.6 and abs(float(crops[1].mean()) - (-1 + 2 * 400 / 64**2)) < 0.05
+    torch.manual_seed(0)
+    loc = ObjectLocator()
+    loc.save(tmp_path / "loc")
+    again = ObjectLocator.load(tmp_path / "loc")
+    assert torch.equal(again(img), loc(img))
+    out, found = again.crop_largest(img, 24)
+    assert out.shape == (2, 3, 24, 24) and found.shape == (2,) and found.dtype == torch.bool
 
 
 @pytest.mark.slow
 def test_probe_heldout_accuracy_at_least_95(tmp_path):
-    probe = ensure_probe(tmp_path / "probe")
-    info = json.loads((tmp_path / "probe" / "probe.json").read_text())
-    print("probe held-out accuracy", info["heldout_accuracy"], "in", info["seconds"], "s")
+    """The stage-1 probe recipe (foundations.probe) at its default budget: >= 0.95 held-out on every attribute."""
+    from refedit.foundations import FoundationsConfig
+    from refedit.foundations.data import SEEDS, object_crops
+    from refedit.foundations.probe import PROBE_IMAGE_SIZE, evaluate_probe, train_probe
+
+    cfg = FoundationsConfig()
+    crops = object_crops(SEEDS["probe"], cfg.probe_images, PROBE_IMAGE_SIZE, "probe crops")
+    probe = train_probe(crops, cfg, torch.device("cpu"))
+    info = evaluate_probe(probe, object_crops(SEEDS["probe_heldout"], 500, PROBE_IMAGE_SIZE, "held-out"))
+    print("probe held-out accuracy", info)
     assert all(v >= 0.95 for v in info["heldout_accuracy"].values()), info
     assert probe.dim == 128
 
@@ -176,5 +182,5 @@ def test_missing_weights_name_the_option(tmp_path):
         build_feature_extractor("lpips", None)
     with pytest.raises(ValueError, match="cache_dir"):
         build_feature_extractor("probe", None, None)
-    with pytest.raises(FileNotFoundError, match="ensure_probe"):
+    with pytest.raises(FileNotFoundError, match="ensure_foundations"):
         ToyworldProbe.load(tmp_path)

@@ -325,7 +325,7 @@ def test_hfa_latent_of_the_inplace_subject_is_aligned_with_frame_0(random_parts,
 def test_random_unet_trains_whole_and_says_so(random_parts, caplog):
     """backbone.unet.pretrained=null: a frozen random resnet skeleton cannot learn, so the whole U-Net trains."""
     with caplog.at_level("WARNING", logger="refedit.methods.magdiff"):
-        m = _method(tiny_backbone(random_parts))
+        m = _method(tiny_backbone(random_parts, **{"backbone.unet.pretrained": "null"}))
     trainable = {id(p) for p in m.trainable_parameters()}
     assert all(id(p) in trainable and p.requires_grad for p in m.unet.parameters())
     assert m.train_whole_unet and "training the whole U-Net" in caplog.text
@@ -333,6 +333,9 @@ def test_random_unet_trains_whole_and_says_so(random_parts, caplog):
         assert any(part in n and p.requires_grad for n, p in m.unet.named_parameters()), part
     assert not any(p.requires_grad for n, p in m.named_parameters() if n.startswith(("codec.", "text_encoder.",
                                                                                      "image_encoder.")))
+    prior = _method(tiny_backbone(random_parts))  # from the toy SD prior: the paper's parts only
+    assert not prior.train_whole_unet
+    assert not any(p.requires_grad for n, p in prior.unet.named_parameters() if ".resnets." in n)
 
 
 def test_generation_from_subject_alone_and_sdedit_editing(model):

@@ -57,8 +57,9 @@ def _fixed_conds(model, batch, seed=0):
 
 def test_detail_cross_attention_starts_as_self_attention(model):
     procs = model.detail_processors()
-    assert len(procs) == len(model.detail_block_names) == 7  # tiny: 2 down, 1 mid, 4 up blocks
-    h = torch.randn(2, 16, model.synthesizer.config.block_out_channels[0])
+    assert len(procs) == len(model.detail_block_names) == 7  # toy SD: 2 down, 1 mid, 4 up blocks
+    first = model.synthesizer.get_submodule(f"{model.detail_block_names[0]}.attn1")
+    h = torch.randn(2, 16, first.to_q.in_features)
     for name, proc in procs.items():
         assert isinstance(proc, DetailCrossAttnProcessor)
         attn1 = model.synthesizer.get_submodule(f"{name}.attn1")
@@ -306,7 +307,7 @@ def test_training_holes_are_filled_by_the_data_workers(random_parts, model):
     from refedit.data.datamodule import build_datamodule
     from refedit.utils.config import compose
 
-    cfg = compose("train", ["method=magic_fixup", f"backbone.pretrained={random_parts}", "data.batch_size=2",
+    cfg = compose("train", ["method=magic_fixup", f"backbone.root={random_parts}", "data.batch_size=2",
                             "data.val_dataset.length=2"])
     dm = build_datamodule(cfg.data, model)
     dm.setup("fit")
@@ -526,8 +527,8 @@ def test_detail_blocks_subset_and_trainable_set_trace(random_parts):
     the width-scaled twin is exactly the set that real gradients reach."""
     torch.manual_seed(0)
     m = MagicFixup(backbone=tiny_backbone(random_parts), name="magic_fixup", detail_blocks=["down"])
-    assert m.detail_block_names == ["down_blocks.0.attentions.0.transformer_blocks.0",
-                                    "down_blocks.1.attentions.0.transformer_blocks.0"]
+    assert m.detail_block_names == ["down_blocks.1.attentions.0.transformer_blocks.0",
+                                    "down_blocks.2.attentions.0.transformer_blocks.0"]
     assert m.synthesizer.get_submodule("mid_block.attentions.0.transformer_blocks.0").attn2 is None
     assert not any(n.startswith(("extractor.mid_block.", "extractor.up_blocks.")) for n in m.live_parameter_names)
     assert any(n.startswith("synthesizer.up_blocks.") for n in m.live_parameter_names)

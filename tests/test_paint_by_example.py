@@ -259,7 +259,7 @@ def test_exemplar_encoder_is_diffusers_class_with_exact_clip(model, random_parts
     assert len(enc.mapper.blocks) == 5 == (enc.config.num_hidden_layers + 1) // 5
     assert enc.proj_out.out_features == model.unet.config.cross_attention_dim
     assert enc.uncond_vector.shape == (1, 1, model.unet.config.cross_attention_dim)
-    clip = CLIPVisionModelWithProjection.from_pretrained(random_parts, subfolder="image_encoder")
+    clip = CLIPVisionModelWithProjection.from_pretrained(f"{random_parts}/toy-sd", subfolder="image_encoder")
     px = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(enc.model(pixel_values=px).pooler_output, clip.vision_model(pixel_values=px).pooler_output)

@@ -27,7 +27,7 @@ def _cfg(parts: str, out: Path, *extra: str):
     return compose(
         "train",
         [
-            f"backbone.pretrained={parts}",
+            f"backbone.root={parts}",
             "backbone.build_foundations=false",
             f"paths.output_dir={out}",
             "logger=csv",
@@ -206,7 +206,7 @@ def test_sigterm_leaves_a_checkpoint_that_resumes(random_parts, tmp_path):
         sys.executable,
         "-m",
         "refedit.train",
-        f"backbone.pretrained={random_parts}",
+        f"backbone.root={random_parts}",
         "backbone.build_foundations=false",
         f"hydra.run.dir={run}",
         "logger=csv",

@@ -185,7 +185,7 @@ def test_pretrained_unet_loads_and_widens(model, random_parts, tmp_path):
     t2i = UNet2DConditionModel(**bb["unet"]["config"])
     t2i.save_pretrained(tmp_path / "sd" / "unet")
     bb = tiny_backbone(random_parts, **{"backbone.unet.pretrained": str(tmp_path / "sd")})
-    m = SDInpaint(backbone=bb)
+    m = SDInpaint(backbone=bb, unet_init="text_to_image")  # the default (inpainting) loads pretrained_inpaint
     w = m.unet.conv_in.weight
     assert w.shape[1] == 9 and m.unet.config.in_channels == 9
     assert torch.equal(w[:, :4], t2i.conv_in.weight) and torch.all(w[:, 4:] == 0)

@@ -14,7 +14,7 @@ from refedit.utils.config import compose
 
 
 def _cfg(parts: str, out: Path, *extra: str):
-    return compose("train", [f"backbone.pretrained={parts}", "backbone.build_foundations=false",
+    return compose("train", [f"backbone.root={parts}", "backbone.build_foundations=false",
                              f"paths.output_dir={out}", "logger=csv", "trainer.max_steps=3", "data.batch_size=2",
                              "trainer.val_check_interval=3", "callbacks.image_logger.num_steps=2",
                              "callbacks.image_logger.num_images=2", *extra])
@@ -103,7 +103,7 @@ def test_overfit_eight_samples(random_parts):
 def test_multirun_gives_separate_runs(random_parts, tmp_path):
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "refedit.train", "-m", "method=sd_inpaint", "experiment=smoke",
-           "trainer.max_steps=2,4", f"backbone.pretrained={random_parts}", "backbone.build_foundations=false",
+           "trainer.max_steps=2,4", f"backbone.root={random_parts}", "backbone.build_foundations=false",
            f"hydra.sweep.dir={tmp_path}", "data.batch_size=2", "callbacks.image_logger.num_steps=2"]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -51,14 +51,14 @@ def _threads(n: int | None) -> Iterator[None]:
 
 # -------------------------------------------------------------------------------------- tiny parts
 def tiny_parts(workdir: Path) -> str:
-    """The cached toyworld foundations when present (trained tiny VAE/CLIP), else saved random parts."""
+    """The cached toyworld foundations when present (the trained toy SD), else saved random parts in their layout."""
+    from refedit.foundations import foundations_ready, save_random_foundations
+
     cfg = compose("train", ["paths.output_dir=/tmp/refedit-bench"])
     cached = Path(str(cfg.paths.foundations_dir))
-    if (cached / "vae").is_dir() and (cached / "tokenizer").is_dir():
+    if foundations_ready(cached):
         return str(cached)
-    from refedit.backbone.foundations import save_random_foundations
-
-    return str(save_random_foundations(workdir / "parts"))
+    return str(save_random_foundations(workdir / "parts", unet=to_dict(cfg.foundations.unet)))
 
 
 def tiny_cfg(parts: str, out: Path, method: str, *extra: str, smoke: bool = True):
@@ -69,7 +69,7 @@ def tiny_cfg(parts: str, out: Path, method: str, *extra: str, smoke: bool = True
         [
             f"method={method}",
             *(["experiment=smoke"] if smoke else []),
-            f"backbone.pretrained={parts}",
+            f"backbone.root={parts}",
             "backbone.build_foundations=false",
             f"paths.output_dir={out}",
             *extra,

@@ -15,7 +15,8 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from refedit.utils.config import CONFIG_DIR, prepare_backbone_dir, probe_config
+from refedit.foundations import prepare_foundations
+from refedit.utils.config import CONFIG_DIR
 from refedit.utils.run import task_wrapper
 
 log = logging.getLogger("refedit.compare")
@@ -50,9 +51,8 @@ def compare(cfg: DictConfig) -> Path:
     t_start = time.time()
     out = Path(cfg.paths.output_dir)
     group = f"compare-{cfg.preset.name}-{out.name}"
-    prepare_backbone_dir(cfg.paths.foundations_dir, cfg.foundations)
-    features = build_feature_extractor(cfg.features, cfg.features_path, cfg.paths.probe_dir,
-                                        probe_config(cfg.foundations))
+    prepare_foundations(cfg)
+    features = build_feature_extractor(cfg.features, cfg.features_path, cfg.paths.probe_dir)
     methods = list(cfg.methods)
     ckpts = {m: str(p) for m, p in (cfg.checkpoints or {}).items()}
     to_train = [m for m in methods if m not in ckpts]

@@ -12,7 +12,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
 from omegaconf import DictConfig, OmegaConf
 
-from refedit.utils.config import CONFIG_DIR, build_method, prepare_backbone, to_dict
+from refedit.utils.config import CONFIG_DIR, build_method, to_dict
 from refedit.utils.run import instantiate_dict, task_wrapper
 
 log = logging.getLogger("refedit.train")
@@ -74,7 +74,9 @@ def train(cfg: DictConfig) -> str:
     warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch")
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
-    prepare_backbone(cfg)
+    from refedit.foundations import prepare_foundations
+
+    prepare_foundations(cfg)
     model = build_method(cfg.method, skip_nonfinite=bool(cfg.trainer.get("skip_nonfinite", False)))
     datamodule = build_datamodule(cfg.data, model)  # the method's data transform runs in the data workers
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)

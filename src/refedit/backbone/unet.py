@@ -34,14 +34,32 @@ def widen_conv_in(unet: UNet2DConditionModel, in_channels: int) -> UNet2DConditi
     return unet
 
 
+UNET_INITS = ("text_to_image", "inpainting")
+
+
+def init_spec(spec: Mapping[str, Any], init: str) -> dict[str, Any]:
+    """`spec` with `pretrained` set to the root that prior `init` loads from (see `build_unet`)."""
+    if init not in UNET_INITS:
+        raise ValueError(f"method.unet_init must be one of {UNET_INITS}, got {init!r}")
+    spec = dict(spec)
+    inpaint_root = spec.pop("pretrained_inpaint", None)
+    if init == "inpainting" and spec.get("pretrained") and inpaint_root:
+        spec["pretrained"] = inpaint_root
+    return spec
+
+
 def build_unet(spec: Mapping[str, Any], *, in_channels: int | None = None, cross_attention_dim: int | None = None,
-               meta: bool = False) -> UNet2DConditionModel:
+               meta: bool = False, init: str = "text_to_image") -> UNet2DConditionModel:
     """Build the backbone UNet from `backbone.unet` and widen it to `in_channels` if asked.
 
+    `init` is the prior a method's paper fine-tunes: `text_to_image` loads `backbone.unet.pretrained` (SD-1.x,
+    or toy-sd), `inpainting` loads `backbone.unet.pretrained_inpaint` (SD-inpainting, or toy-sd-inpainting) and
+    falls back to `pretrained` where a backbone has no separate inpainting root (backbone=sd15_inpaint points
+    `pretrained` at one). `pretrained: null` means a random init, whatever `pretrained_inpaint` says.
     Pretrained weights with fewer input channels are widened (zero init); a random init is built with the
     right width directly. `cross_attention_dim` overrides the config only for a random init.
     """
-    spec = dict(spec)
+    spec = init_spec(spec, init)
     if spec.get("pretrained") and not meta:
         unet = load_component(UNet2DConditionModel, spec, name="unet")
     else:

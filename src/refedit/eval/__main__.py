@@ -14,7 +14,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from refedit.utils.config import CONFIG_DIR, probe_config
+from refedit.utils.config import CONFIG_DIR
 from refedit.utils.run import task_wrapper
 
 log = logging.getLogger("refedit.eval")
@@ -50,8 +50,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> Path:
     tasks = ecfg.pop("tasks") or (["exemplar_inpaint"] if cfg.data_dir else list(TASKS))
     bcfg = BenchmarkConfig(tasks=tuple(tasks), size=size, **ecfg)
     dataset = benchmark_dataset(cfg.data_dir, cfg.data_format, size) if cfg.data_dir else None
-    features = build_feature_extractor(cfg.features, cfg.features_path, cfg.paths.probe_dir,
-                                        probe_config(cfg.foundations))
+    features = build_feature_extractor(cfg.features, cfg.features_path, cfg.paths.probe_dir)
     models: dict[str, Any] = {name: None for name in cfg.trivial_rows}
     models[model.name] = model
     header = {"checkpoint": cfg.ckpt, "data": cfg.data_dir or "toyworld benchmark split",

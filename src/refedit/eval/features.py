@@ -4,7 +4,7 @@
     extractor.dim, extractor.name
 
 - `ToyworldProbe` (default, 'probe'): a small CNN trained once on toyworld object crops to classify
-  shape x colour x pattern, cached like the foundations (`ensure_probe`). Its 128-d embedding is the
+  shape x colour x pattern, trained with the toyworld foundations (`refedit.foundations`). Its 128-d embedding is the
   toyworld stand-in for CLIP / DINO: distances in it measure whether the object's identity survived.
 - `ClipFeatures` ('clip'): CLIP image embeddings (L2-normalised) from a local transformers directory
   (ViT-B/32 reproduces Paint-by-Example's CLIP-FID and CLIP score, MimicBrush's CLIP-I).
@@ -20,10 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +148,7 @@ class ToyworldProbe(FeatureExtractor):
         d = Path(os.path.expanduser(str(directory)))
         if not (d / "probe.json").is_file() or not (d / "probe.safetensors").is_file():
             raise FileNotFoundError(f"no toyworld probe in '{d}' (expected probe.json and probe.safetensors; "
-                                    "build one with refedit.eval.features.ensure_probe)")
+                                    "stage 1 builds it: make foundations, or refedit.foundations.ensure_foundations)")
         cfg = json.loads((d / "probe.json").read_text())["config"]
         probe = cls(image_size=cfg["image_size"], layers=cfg["layers"], dim=cfg["dim"], grid=cfg["grid"],
                     classes=cfg["classes"])
@@ -159,178 +156,90 @@ class ToyworldProbe(FeatureExtractor):
         return probe.eval().requires_grad_(False)
 
 
-@dataclass
-class ProbeConfig:
-    num_train: int = 3000
-    num_heldout: int = 1000
-    reference_size: int = 48  # crops are rendered at this size (alias-free), then augmented
-    image_size: int = 48
-    layers: tuple[tuple[int, int, int], ...] = PROBE_LAYERS
-    steps: int = 1000
-    batch: int = 64
-    lr: float = 5e-3
-    background_removed: float = 0.5  # fraction of training crops shown with a black background
-    blur: float = 0.3  # fraction of training crops resampled down to blur_min..1 x size and back up
-    blur_min: float = 0.4
-    seed: int = 0
+def square_crops(images: torch.Tensor, boxes: Sequence[Sequence[float] | None], size: int,
+                 margin: float = 0.06) -> torch.Tensor:
+    """The square window around each pixel box [x0, y0, x1, y1) (toyworld's reference window: the longer side
+    grown by `margin` per side and 1 px each side), resampled to size x size with edge replication; None = the
+    whole image. (N,3,size,size)."""
+    h, w = images.shape[-2:]
+    thetas = []
+    for box in boxes:
+        if box is None:
+            thetas.append([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+            continue
+        x0, y0, x1, y1 = (float(v) for v in box)
+        side = max(x1 - x0, y1 - y0, 1.0) * (1 + 2 * margin) + 2.0
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        thetas.append([[side / w, 0.0, 2 * cx / w - 1], [0.0, side / h, 2 * cy / h - 1]])
+    theta = torch.tensor(thetas, dtype=torch.float32)
+    grid = F.affine_grid(theta, [len(images), 3, size, size], align_corners=False)
+    return F.grid_sample(images.float().cpu(), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def _probe_data(first_seed: int, n: int, ref_size: int, desc: str):
-    """Object crops (reference of exemplar_inpaint_self), their object masks and attribute labels."""
-    from tqdm.auto import tqdm
+class ObjectLocator(nn.Module):
+    """Where the toyworld objects of a frame are: a small dilated-convolution network giving a per-pixel object
+    logit (N,1,H,W). `crop_largest` cuts the square window around the largest object region out of each image,
+    the window `ToyworldProbe` classifies: attribute accuracy of a generated frame without knowing where its
+    object was drawn."""
 
-    from refedit.data.toyworld import build_sample
+    def __init__(self, channels: int = 24):
+        super().__init__()
+        c = self.channels = int(channels)
+        self.net = nn.Sequential(
+            nn.Conv2d(3, c, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(c, c, 3, padding=2, dilation=2), nn.ReLU(inplace=True),
+            nn.Conv2d(c, c, 3, padding=4, dilation=4), nn.ReLU(inplace=True),
+            nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(c, 1, 1))
+        self.eval()
 
-    imgs, masks, labels = [], [], []
-    for seed in tqdm(range(first_seed, first_seed + n), desc=desc, leave=False):
-        s = build_sample("exemplar_inpaint_self", seed, size=64, reference_size=ref_size)
-        meta = s["meta"]
-        if "labels" not in meta:
-            raise KeyError(f"toyworld sample meta has no 'labels' (keys: {sorted(meta)})")
-        imgs.append(s["reference"])
-        masks.append(s["reference_mask"])
-        labels.append([int(meta["labels"][k]) for k in ("shape", "colour", "pattern")])
-    return torch.stack(imgs), torch.stack(masks), torch.tensor(labels)
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
 
+    @torch.no_grad()
+    def crop_largest(self, images: torch.Tensor, size: int = 48, margin: float = 0.06
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(crops (N,3,size,size), found (N,) bool). The window is the largest connected object region's box,
+        squared, grown by `margin` per side and 1 px (toyworld's reference window); an image with no object
+        region gives the whole frame and found=False."""
+        import cv2
+        import numpy as np
 
-def _augment(x: torch.Tensor, m: torch.Tensor, size: int, g: torch.Generator, black_p: float = 0.5,
-             blur_p: float = 0.3, blur_min: float = 0.4) -> torch.Tensor:
-    """Hue-preserving augmentation (colour is a label), per sample: background removed for a fraction
-    `black_p` (identity crops are black outside the mask), a random similarity warp (any rotation, flip, zoom
-    0.85-1.2x, shift), brightness scaling, and for 30% of samples a down-up resampling to 40-100% of the
-    size, as for object regions cut from 64 px generated frames."""
-    n = x.shape[0]
-    x01 = (x + 1) / 2
-    black = torch.rand(n, 1, 1, 1, generator=g) < black_p
-    x01 = torch.where(black & (m < 0.5), torch.zeros_like(x01), x01)
-    ang = torch.rand(n, generator=g) * 2 * torch.pi
-    zoom = torch.empty(n).uniform_(0.85, 1.2, generator=g)  # > 1: the object appears smaller
-    flip = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
-    shift = torch.empty(n, 2).uniform_(-0.1, 0.1, generator=g)
-    cos, sin = torch.cos(ang) * zoom, torch.sin(ang) * zoom
-    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], -1),
-                         torch.stack([sin * flip, cos, shift[:, 1]], -1)], 1)
-    grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
-    x01 = F.grid_sample(x01, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    low = torch.randint(int(blur_min * size), size + 1, (n,), generator=g)
-    blur = torch.rand(n, generator=g) < blur_p
-    for r in low[blur].unique().tolist():
-        sel = blur & (low == r)
-        down = F.interpolate(x01[sel], size=(r, r), mode="bilinear", antialias=True, align_corners=False)
-        x01[sel] = F.interpolate(down, size=(size, size), mode="bilinear", align_corners=False)
-    x01 = x01 * torch.empty(n, 1, 1, 1).uniform_(0.8, 1.2, generator=g)
-    return x01.clamp(0, 1) * 2 - 1
+        dev = next(self.parameters()).device
+        prob = torch.cat([torch.sigmoid(self(c.to(dev).float())) for c in images.split(64)])[:, 0].cpu().numpy()
+        boxes, found = [], []
+        for p in prob:
+            n, _, stats, _ = cv2.connectedComponentsWithStats((p > 0.5).astype(np.uint8), connectivity=8)
+            if n <= 1:
+                boxes.append(None)
+                found.append(False)
+                continue
+            k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+            x0, y0, bw, bh = (int(v) for v in stats[k, :4])
+            boxes.append((x0, y0, x0 + bw, y0 + bh))
+            found.append(True)
+        return square_crops(images, boxes, size, margin), torch.tensor(found)
 
+    def save(self, directory: str | os.PathLike) -> Path:
+        from safetensors.torch import save_file
 
-@torch.no_grad()
-def _accuracy(probe: ToyworldProbe, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    pred = probe.predict(x)
-    return {k: round(float((pred[k] == y[:, i]).float().mean()), 4) for i, k in enumerate(probe.classes)}
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
+                  str(d / "locator.safetensors"))
+        (d / "locator.json").write_text(json.dumps({"version": PROBE_VERSION, "channels": self.channels}))
+        return d
 
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> ObjectLocator:
+        from safetensors.torch import load_file
 
-def fit_probe(x: torch.Tensor, m: torch.Tensor, y: torch.Tensor, cfg: ProbeConfig) -> ToyworldProbe:
-    """Train a probe on crops x (N,3,h,w), object masks m and labels y (N, 3: shape, colour, pattern)."""
-    from tqdm.auto import tqdm
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        g = torch.Generator().manual_seed(cfg.seed)
-        probe = ToyworldProbe(image_size=cfg.image_size, layers=cfg.layers)
-        probe = probe.to(memory_format=torch.channels_last)  # ~1.5x faster convolutions on CPU
-        probe.train()
-        opt = torch.optim.AdamW(probe.parameters(), lr=cfg.lr, weight_decay=1e-4)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(cfg.steps, 2),
-                                                    pct_start=0.15)
-        bar = tqdm(range(cfg.steps), desc="probe: training", leave=False)
-        for _ in bar:
-            idx = torch.randint(0, len(x), (cfg.batch,), generator=g)
-            xb = _augment(x[idx], m[idx], cfg.image_size, g, cfg.background_removed, cfg.blur, cfg.blur_min)
-            logits = probe.logits(xb.contiguous(memory_format=torch.channels_last))
-            loss = sum(F.cross_entropy(logits[k], y[idx, i]) for i, k in enumerate(probe.classes))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    return probe.to(memory_format=torch.contiguous_format).eval().requires_grad_(False)
-
-
-def evaluate_probe(probe: ToyworldProbe, x: torch.Tensor, m: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-    """Held-out accuracy per attribute on the crops as rendered, with the background removed (as the
-    identity metrics see them) and after a 16 px down-up resampling (a small object in a 64 px frame)."""
-    black = torch.where(m > 0.5, x, torch.full_like(x, -1.0))
-    low = F.interpolate(F.interpolate(x, size=(16, 16), mode="bilinear", antialias=True, align_corners=False),
-                        size=x.shape[-2:], mode="bilinear", align_corners=False)
-    return {"heldout_accuracy": _accuracy(probe, x, y),
-            "heldout_accuracy_background_removed": _accuracy(probe, black, y),
-            "heldout_accuracy_16px": _accuracy(probe, low, y), "num_heldout": int(len(x))}
-
-
-def train_probe(cfg: ProbeConfig | None = None) -> tuple[ToyworldProbe, dict[str, Any]]:
-    """Render crops, train, evaluate on held-out seeds (disjoint from the training seeds)."""
-    cfg = cfg or ProbeConfig()
-    t0 = time.time()
-    base = 20_000_000 + cfg.seed * 1_000_000  # far from the benchmark's and the foundations' seeds
-    x, m, y = _probe_data(base, cfg.num_train, cfg.reference_size, "probe: rendering train crops")
-    hx, hm, hy = _probe_data(base + 500_000, cfg.num_heldout, cfg.reference_size, "probe: rendering held-out")
-    t_data = time.time() - t0
-    probe = fit_probe(x, m, y, cfg)
-    t_fit = time.time() - t0 - t_data
-    info = {**evaluate_probe(probe, hx, hm, hy), "train": asdict(cfg), "seconds": round(time.time() - t0, 1),
-            "seconds_rendering": round(t_data, 1), "seconds_training": round(t_fit, 1),
-            "threads": torch.get_num_threads()}
-    return probe, info
-
-
-def probe_ready(cache_dir: str | os.PathLike, cfg: ProbeConfig | None = None) -> bool:
-    """True when `cache_dir` holds a probe of this version (and, when `cfg` is given, trained with exactly it)."""
-    p = Path(os.path.expanduser(str(cache_dir)))
-    if not (p / "probe.json").is_file() or not (p / "probe.safetensors").is_file():
-        return False
-    try:
-        info = json.loads((p / "probe.json").read_text())
-    except json.JSONDecodeError:
-        return False
-    if info.get("version") != PROBE_VERSION:
-        return False
-    from refedit.utils.config import stored_matches
-
-    return cfg is None or stored_matches(info.get("train"), cfg)
-
-
-def build_probe(cache_dir: str | os.PathLike, cfg: ProbeConfig | None = None) -> ToyworldProbe:
-    """Train and save the probe into `cache_dir` atomically (a temp dir renamed into place)."""
-    out = Path(os.path.expanduser(str(cache_dir)))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    probe, info = train_probe(cfg)
-    probe.save(tmp, info)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    bad = {k: v for k, v in info["heldout_accuracy"].items() if v < 0.95}
-    if bad:
-        log.warning("toyworld probe: held-out accuracy below 95%% for %s", bad)
-    log.info("toyworld probe built in %.0f s: held-out accuracy %s", info["seconds"],
-             info["heldout_accuracy"])
-    return probe
-
-
-def ensure_probe(cache_dir: str | os.PathLike, cfg: ProbeConfig | None = None) -> ToyworldProbe:
-    """The cached probe of `cache_dir` (the probe's own directory: probe.safetensors + probe.json),
-    trained first when missing, of an older version or trained with another `cfg` (ProbeConfig's steps and
-    num_train trade accuracy for time)."""
-    from refedit.utils.cache import build_once
-
-    cfg = cfg or ProbeConfig()
-
-    def build(p: Path) -> None:
-        print(f"refedit: training the toyworld feature probe into {p} — once, about "
-              f"{max(1, round(cfg.steps * 0.07 / 60))} min on a CPU", flush=True)
-        build_probe(p, cfg)
-
-    return ToyworldProbe.load(build_once(cache_dir, lambda p: probe_ready(p, cfg), build))
+        d = Path(os.path.expanduser(str(directory)))
+        if not (d / "locator.json").is_file():
+            raise FileNotFoundError(f"no toyworld object locator in '{d}' (expected locator.json and "
+                                    "locator.safetensors, written by the toyworld foundations)")
+        loc = cls(channels=json.loads((d / "locator.json").read_text())["channels"])
+        loc.load_state_dict(load_file(str(d / "locator.safetensors")))
+        return loc.eval().requires_grad_(False)
 
 
 def probe_info(cache_dir: str | os.PathLike) -> dict[str, Any]:
@@ -482,17 +391,16 @@ class InceptionFeatures(FeatureExtractor):
 
 # ------------------------------------------------------------------------------------------------ factory
 def build_feature_extractor(name: str = "probe", path: str | os.PathLike | None = None,
-                            cache_dir: str | os.PathLike | None = None,
-                            probe_cfg: ProbeConfig | None = None) -> FeatureExtractor:
-    """'probe' (default): the probe in `path` if given, else the cached one in `cache_dir` (trained on first
-    use); 'clip' / 'dino': a local transformers directory; 'inception': a local TorchScript file."""
+                            cache_dir: str | os.PathLike | None = None) -> FeatureExtractor:
+    """'probe' (default): the probe in `path` if given, else the one in `cache_dir` (the foundations' probe/);
+    'clip' / 'dino': a local transformers directory; 'inception': a local TorchScript file."""
     key = (name or "probe").lower()
     if key == "probe":
         if path:
             return ToyworldProbe.load(path)
         if cache_dir is None:
             raise ValueError("feature extractor 'probe' needs cache_dir (where the probe is cached) or path")
-        return ensure_probe(cache_dir, probe_cfg)
+        return ToyworldProbe.load(cache_dir)
     if key == "clip":
         return ClipFeatures(path)
     if key == "dino":
@@ -502,6 +410,5 @@ def build_feature_extractor(name: str = "probe", path: str | os.PathLike | None 
     raise ValueError(f"unknown feature extractor '{name}'; valid: {', '.join(FEATURES)}")
 
 
-__all__ = ["FEATURES", "ClipFeatures", "DinoFeatures", "FeatureExtractor", "InceptionFeatures", "ProbeConfig",
-           "ToyworldProbe", "build_feature_extractor", "build_probe", "ensure_probe", "evaluate_probe",
-           "fit_probe", "probe_info", "probe_ready", "train_probe"]
+__all__ = ["FEATURES", "ClipFeatures", "DinoFeatures", "FeatureExtractor", "InceptionFeatures", "ObjectLocator",
+           "ToyworldProbe", "build_feature_extractor", "probe_info", "square_crops"]

@@ -82,7 +82,7 @@ class MagDiff(LatentEditModule):
               image_tokens: Mapping[str, Any] | None = None, subject_frames: str = "first",
               image_context: str = "all_frames", apa: Mapping[str, Any] | None = None, hfa: str = "pyramid",
               hfa_scales: tuple[float, ...] | list[float] = (1.5, 1.25, 1.0), hfa_channels: int = 4,
-              hfa_input: str = "inplace") -> None:
+              hfa_input: str = "inplace", unet_init: str = "text_to_image") -> None:
         if subject_frames not in ("first", "all"):
             raise ValueError(f"method.subject_frames must be 'first' or 'all', got {subject_frames!r}")
         if image_context not in ("all_frames", "per_frame"):
@@ -117,7 +117,7 @@ class MagDiff(LatentEditModule):
         self.hfa = HFAPyramid(hfa, hfa_scales, self.codec.latent_channels, int(hfa_channels),
                               fit="resize" if hfa_input == "inplace" else "letterbox")
         in_channels = self.codec.latent_channels + self.hfa.out_channels
-        unet2d = build_unet(self.backbone_cfg["unet"], in_channels=in_channels, meta=self.meta)
+        unet2d = build_unet(self.backbone_cfg["unet"], in_channels=in_channels, meta=self.meta, init=unet_init)
         cross_dim = int(unet2d.config.cross_attention_dim)
         if self.text_encoder.dim != cross_dim:
             raise ValueError(f"text encoder width {self.text_encoder.dim} != U-Net cross_attention_dim {cross_dim}")

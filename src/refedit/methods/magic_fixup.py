@@ -317,7 +317,8 @@ class MagicFixup(LatentEditModule):
     def build(self, detail_blocks: Sequence[str] = BLOCK_GROUPS, zero_terminal_snr: bool = True,
               sampling_timestep_spacing: str = "leading", inpaint_radius: float = 3.0, hole_dilation: int = 7,
               train_inpaint_radius: float = 5.0, hole_reference_px: int | None = 512,
-              holes_from_black: bool = True, prediction_type: str | None = None) -> None:
+              holes_from_black: bool = True, prediction_type: str | None = None,
+              unet_init: str = "text_to_image") -> None:
         self.detail_groups = tuple(detail_blocks)
         ref_px = None if hole_reference_px is None else int(hole_reference_px)
         self.hole_fill = HoleFill(int(hole_dilation), float(inpaint_radius), ref_px)  # inference
@@ -338,8 +339,9 @@ class MagicFixup(LatentEditModule):
                                  "use 'leading' (the authors' uniform DDIM steps)")
             self.schedule.config["timestep_spacing"] = sampling_timestep_spacing  # DDIM only; training ignores it
         unet_spec = self.backbone_cfg["unet"]
-        self.synthesizer = build_unet(unet_spec, in_channels=9, meta=self.meta)
-        self.extractor = build_unet(unet_spec, in_channels=9, meta=self.meta)
+        # both U-Nets start from the text-to-image prior (the paper's two SD-1.4 copies), conv_in widened
+        self.synthesizer = build_unet(unet_spec, in_channels=9, meta=self.meta, init=unet_init)
+        self.extractor = build_unet(unet_spec, in_channels=9, meta=self.meta, init=unet_init)
         self.bank = FeatureBank()
         self.detail_block_names = assemble_detail_transfer(self.synthesizer, self.extractor, self.bank,
                                                            self.detail_groups)

@@ -332,7 +332,10 @@ class MimicBrush(LatentEditModule):
         depth_drop_prob: float = 0.5,
         depth_normalize: bool = True,
         depth_estimator: Mapping[str, Any] | Callable | None = None,
+        unet_init: str = "inpainting",
     ) -> None:
+        """`unet_init`: the imitative U-Net starts from SD-inpainting (the paper's); the reference U-Net from
+        `reference_unet`, else the backbone's text-to-image U-Net."""
         bb = self.backbone_cfg
         if recipe not in RECIPES:
             raise ValueError(f"method.recipe must be one of {sorted(RECIPES)}, got {recipe!r}")
@@ -351,7 +354,7 @@ class MimicBrush(LatentEditModule):
         self.image_encoder = FrozenImageEncoder.from_backbone(bb, meta=self.meta)
         # imitative U-Net: (pretrained 4/9-ch ->) 9 channels, then the 4 depth channels zero-initialised
         self.unet = widen_conv_in(
-            build_unet(bb["unet"], in_channels=INPAINT_CHANNELS, meta=self.meta), IMITATIVE_CHANNELS
+            build_unet(bb["unet"], in_channels=INPAINT_CHANNELS, meta=self.meta, init=unet_init), IMITATIVE_CHANNELS
         )
         cross_dim = int(self.unet.config.cross_attention_dim)
         self.reference_unet = build_unet(

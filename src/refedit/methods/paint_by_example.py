@@ -28,7 +28,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from refedit.backbone.encoders import clip_image_processor, clip_image_processor_class
 from refedit.backbone.loading import ComponentLoadError, load_component
-from refedit.backbone.unet import build_unet
+from refedit.backbone.unet import build_unet, init_spec
 from refedit.data.reference_augment import ReferenceAugment
 from refedit.methods.base import Cond, LatentEditModule
 
@@ -140,7 +140,10 @@ class PaintByExample(LatentEditModule):
         super().__init__(backbone, cond_drop_prob=cond_drop_prob, **kwargs)
 
     def build(self, mapper_blocks: int | None = 5, cond_drop_mode: str = "per_sample",
-              reference_augment: bool = False, init_from: str | None = None) -> None:
+              reference_augment: bool = False, init_from: str | None = None,
+              unet_init: str = "text_to_image") -> None:
+        """`unet_init`: the paper fine-tunes SD-1.4 text-to-image with conv_in widened to 9 channels;
+        `inpainting` starts from SD-inpainting instead (its mask channel moved to PbE's place)."""
         if cond_drop_mode not in DROP_MODES:
             raise ValueError(f"method.cond_drop_mode must be one of {DROP_MODES}, got {cond_drop_mode!r}")
         self.cond_drop_mode = cond_drop_mode
@@ -148,7 +151,7 @@ class PaintByExample(LatentEditModule):
         if init_from:
             self.unet, self.image_encoder = self._load_pbe_dir(init_from)
         else:
-            self.unet = self._build_unet(bb["unet"])
+            self.unet = self._build_unet(init_spec(bb["unet"], unet_init))
             clip = load_component(CLIPVisionModelWithProjection, bb["image_encoder"], name="image_encoder",
                                   meta=self.meta)
             self.image_encoder = build_exemplar_encoder(clip, int(self.unet.config.cross_attention_dim),

@@ -39,22 +39,25 @@ class SDInpaint(LatentEditModule):
     data_hint = "Use a data config that yields captions and masks, e.g. data=toyworld data.task=text_inpaint."
     frozen_modules = ("codec", "text_encoder")
 
-    def build(self, mode: str = "inpaint", full_mask_prob: float = 0.1) -> None:
+    def build(self, mode: str = "inpaint", full_mask_prob: float = 0.1, unet_init: str | None = None) -> None:
+        """`unet_init` (default by mode): inpainting mode fine-tunes SD-inpainting, SDEdit runs SD itself."""
         if mode not in MODES:
             raise ValueError(f"method.mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
+        init = unet_init or ("text_to_image" if mode == "sdedit" else "inpainting")
         self.full_mask_prob = float(full_mask_prob)
         if (self.hparams.get("sampling") or {}).get("strength") is None:  # not given: the mode's own
             self.sampling_cfg["strength"] = DEFAULT_STRENGTH[mode]
         self.text_encoder = FrozenTextEncoder.from_backbone(self.backbone_cfg, meta=self.meta)
         if mode == "sdedit":
-            self.unet = build_unet(self.backbone_cfg["unet"], meta=self.meta)  # as it is: no widening
+            self.unet = build_unet(self.backbone_cfg["unet"], meta=self.meta, init=init)  # as it is: no widening
             latent = self.codec.latent_channels
             if int(self.unet.config.in_channels) != latent:
                 raise ValueError(f"method.mode=sdedit needs a text-to-image U-Net: backbone.unet has "
                                  f"{self.unet.config.in_channels} input channels, the VAE latent {latent}")
         else:
-            self.unet = build_unet(self.backbone_cfg["unet"], in_channels=INPAINT_CHANNELS, meta=self.meta)
+            self.unet = build_unet(self.backbone_cfg["unet"], in_channels=INPAINT_CHANNELS, meta=self.meta,
+                                   init=init)
         if self.backbone_cfg.get("gradient_checkpointing"):
             self.unet.enable_gradient_checkpointing()
 

@@ -38,13 +38,6 @@ def build_method(method_cfg: DictConfig | dict, **overrides: Any):
     return get_class(target)(**d)
 
 
-def prepare_backbone(cfg: DictConfig) -> None:
-    """Build the cached toyworld foundations when the tiny backbone needs them and they are missing."""
-    bb = cfg.backbone
-    if bb.get("build_foundations") and bb.get("pretrained"):
-        prepare_backbone_dir(bb.pretrained, cfg.get("foundations"))
-
-
 def config_from_dict(cls, values, where: str):
     """A dataclass config from a (Hydra) mapping, naming the config key on an unknown field."""
     values = dict(values or {})
@@ -58,23 +51,6 @@ def config_from_dict(cls, values, where: str):
 def stored_matches(stored: Any, cfg: Any) -> bool:
     """Whether a dataclass config equals its JSON-stored form (tuples are lists there)."""
     return stored == json.loads(json.dumps(dataclasses.asdict(cfg)))
-
-
-def prepare_backbone_dir(path: str, foundations: DictConfig | None = None) -> None:
-    """Build the foundations at `path` with the budget of the `foundations` config node (its `stage1`)."""
-    from refedit.backbone.foundations import FoundationsConfig, ensure_foundations
-
-    stage1 = foundations.get("stage1") if foundations is not None else None
-    ensure_foundations(path, config_from_dict(FoundationsConfig, to_dict(stage1) if stage1 else {},
-                                              "foundations.stage1"))
-
-
-def probe_config(foundations: DictConfig | None):
-    """The ProbeConfig of the `foundations` config node (its `probe`)."""
-    from refedit.eval.features import ProbeConfig
-
-    probe = foundations.get("probe") if foundations is not None else None
-    return config_from_dict(ProbeConfig, to_dict(probe) if probe else {}, "foundations.probe")
 
 
 def compose(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:

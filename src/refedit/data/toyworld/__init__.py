@@ -19,6 +19,8 @@ from .render import (
     render_clip,
     render_scene,
     sample_spec,
+    scene_caption,
+    visible_objects,
     vocabulary,
 )
 from .tasks import MASK_KINDS, TASK_KEYS, TASKS, build_sample, coarse_warp
@@ -26,5 +28,5 @@ from .tasks import MASK_KINDS, TASK_KEYS, TASKS, build_sample, coarse_warp
 __all__ = [
     "COLOURS", "COLOUR_NAMES", "DEFAULT_LENGTHS", "MASK_KINDS", "PATTERNS", "SHAPES", "SPLITS", "TASKS", "TASK_KEYS",
     "Clip", "SceneSpec", "ToyWorldDataset", "build_sample", "coarse_warp", "motion_caption", "object_caption",
-    "render_clip", "render_scene", "sample_spec", "seed_of", "vocabulary",
+    "render_clip", "render_scene", "sample_spec", "scene_caption", "seed_of", "visible_objects", "vocabulary",
 ]

@@ -731,6 +731,23 @@ def object_caption(obj: ObjectSpec) -> str:
     return f"{_article(words[0])} {' '.join(words)}"
 
 
+def visible_objects(clip: Clip, frame: int = 0, min_pixels: int = 12, min_fraction: float = 0.3) -> list[int]:
+    """Objects that a viewer of frame `frame` can name: at least `min_pixels` visible pixels and `min_fraction`
+    of the whole object visible (not mostly hidden or outside the frame), the most visible first."""
+    i = clip.index(frame)
+    vis = clip.masks[i].sum((-1, -2))
+    whole = clip.amodal_masks[i].sum((-1, -2))
+    keep = [o for o in range(len(clip.spec.objects)) if vis[o] >= min_pixels and vis[o] >= min_fraction * whole[o]]
+    return sorted(keep, key=lambda o: (-int(vis[o]), o))
+
+
+def scene_caption(clip: Clip, frame: int = 0) -> str:
+    """What the frame shows, as a text-to-image caption: 'a red striped star and a plain blue ring' (visible
+    objects, the most visible first); '' for a frame with no nameable object."""
+    caps = [object_caption(clip.spec.objects[o]) for o in visible_objects(clip, frame)]
+    return caps[0] if len(caps) <= 1 else ", ".join(caps[:-1]) + " and " + caps[-1]
+
+
 def motion_words(spec: SceneSpec, index: int, t0: float, t1: float) -> list[str]:
     """How the object moves on screen between clip times t0 and t1: 'moving left', 'growing', ..."""
     obj = spec.objects[index]
