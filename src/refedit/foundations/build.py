@@ -85,6 +85,11 @@ def _vocabulary() -> set[str]:
     return set(vocabulary())
 
 
+def _heldout(n_train: int) -> int:
+    """Held-out set size: 1000, or a third of the training set for small (quick) budgets."""
+    return max(16, min(1000, n_train // 3))
+
+
 def build_foundations(out_dir: str | os.PathLike, cfg: FoundationsConfig) -> Path:
     """Train every stage-1 part and save them to `out_dir` atomically (a temp dir renamed into place)."""
     if not cfg.unet:
@@ -112,13 +117,15 @@ def build_foundations(out_dir: str | os.PathLike, cfg: FoundationsConfig) -> Pat
 
     t0 = time.time()
     crops = data.object_crops(data.SEEDS["clip"], cfg.clip_images, cfg.clip_image_size, "stage 1: rendering CLIP crops")
-    held_crops = data.object_crops(data.SEEDS["clip_heldout"], 1000, cfg.clip_image_size, "stage 1: CLIP held-out")
+    held_crops = data.object_crops(data.SEEDS["clip_heldout"], _heldout(cfg.clip_images), cfg.clip_image_size,
+                                   "stage 1: CLIP held-out")
     clip, clip_q = text.train_clip(crops, held_crops, tok, cfg, device)
     timed("clip", t0, **clip_q)
 
     t0 = time.time()
     pcrops = data.object_crops(data.SEEDS["probe"], cfg.probe_images, probe.PROBE_IMAGE_SIZE, "stage 1: probe crops")
-    held_pcrops = data.object_crops(data.SEEDS["probe_heldout"], 1000, probe.PROBE_IMAGE_SIZE, "stage 1: probe held-out")
+    held_pcrops = data.object_crops(data.SEEDS["probe_heldout"], _heldout(cfg.probe_images), probe.PROBE_IMAGE_SIZE,
+                                    "stage 1: probe held-out")
     probe_model = probe.train_probe(pcrops, cfg, device)
     probe_q = probe.evaluate_probe(probe_model, held_pcrops)
     timed("probe", t0, **probe_q)
