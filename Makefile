@@ -11,6 +11,10 @@ ARGS ?=
 CKPT ?=
 DATA ?=
 JOBS ?= 2
+CKPTS ?=
+# `make demo` binds here; `=`, not `?=`: a HOST or PORT in the environment (zsh sets HOST) must not move it
+HOST = 127.0.0.1
+PORT = 7860
 
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -25,21 +29,22 @@ preset_arg = $(if $(PRESET),experiment=$(PRESET),)
 compare_preset = $(if $(PRESET),$(PRESET),default)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full foundations train eval compare sweep bench lint format clean
+.PHONY: help install test test-full foundations train eval compare demo sweep bench lint format clean
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 	@echo "  variables: METHOD=$(METHOD) PRESET=<smoke|default|...> ARGS='<hydra overrides>' CKPT=<path> DATA=<dir>"
 	@echo "             TORCH_SPEC='$(TORCH_SPEC)' TORCH_INDEX='$(TORCH_INDEX)'"
+	@echo "             demo: CKPTS='<dir or ckpt files>' HOST=$(HOST) PORT=$(PORT)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,demo]'
 	@touch $@
 
-install: $(STAMP) ## create .venv with pinned torch ($$TORCH_SPEC) and refedit (+dev tools)
+install: $(STAMP) ## create .venv with pinned torch ($$TORCH_SPEC) and refedit (+dev tools, +demo)
 
 test: $(STAMP) ## fast test suite (< 15 min on 2 cores; CI runs this)
 	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/pytest -q -n $(JOBS) -m "not slow"
@@ -59,6 +64,9 @@ eval: $(STAMP) ## evaluate a checkpoint: make eval CKPT=path [DATA=cocoee_dir] [
 
 compare: $(STAMP) ## train + benchmark every method on toyworld: make compare [PRESET=smoke|default]
 	$(PY) -m refedit.compare preset=$(compare_preset) $(ARGS)
+
+demo: $(STAMP) ## web editor on http://$(HOST):$(PORT): make demo [CKPTS="<dir or ckpts>"] (default: latest compare run)
+	$(PY) -m refedit.demo $(if $(CKPTS),--ckpts $(CKPTS),) --host $(HOST) --port $(PORT) $(ARGS)
 
 sweep: $(STAMP) ## Hydra multirun: make sweep METHOD=sd_inpaint ARGS='method.optimizer.lr=1e-4,3e-4'
 	$(PY) -m refedit.train -m method=$(METHOD) $(preset_arg) $(ARGS)

@@ -29,17 +29,49 @@ def train_all(methods: list[str], overrides: list[str], sweep_dir: Path, group: 
     print("refedit.compare: training", ", ".join(methods), flush=True)
     log.info("running %s", " ".join(cmd))
     subprocess.run(cmd, check=True)
-    ckpts: dict[str, str] = {}
-    for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()):
-        chosen = OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra.runtime.choices.method
-        ckpt = job / "checkpoints" / "final.ckpt"
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"training job {job} of method '{chosen}' left no {ckpt}")
-        ckpts[chosen] = str(ckpt)
+    ckpts = trained_checkpoints(sweep_dir)
     missing = set(methods) - set(ckpts)
     if missing:
         raise RuntimeError(f"no checkpoint for method(s) {sorted(missing)} in {sweep_dir}")
     return ckpts
+
+
+def trained_checkpoints(sweep_dir: Path, strict: bool = True) -> dict[str, str]:
+    """method -> final checkpoint of each training job of a comparison's multirun (`<run>/train/<n>/`).
+    `strict=False` skips a job that left no checkpoint instead of raising."""
+    ckpts: dict[str, str] = {}
+    for job in sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir() and (p / ".hydra").is_dir()):
+        chosen = OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra.runtime.choices.method
+        ckpt = job / "checkpoints" / "final.ckpt"
+        if not ckpt.is_file():
+            if not strict:
+                continue
+            raise FileNotFoundError(f"training job {job} of method '{chosen}' left no {ckpt}")
+        ckpts[chosen] = str(ckpt)
+    return ckpts
+
+
+def run_checkpoints(run_dir: str | Path) -> dict[str, str]:
+    """method -> checkpoint a comparison run benchmarked: those it trained (`train/`) and those it was given
+    (`checkpoints.<m>=` in its `.hydra/config.yaml`), in the run's `methods` order."""
+    run_dir = Path(run_dir)
+    cfg_file = run_dir / ".hydra" / "config.yaml"
+    cfg = OmegaConf.load(cfg_file) if cfg_file.is_file() else OmegaConf.create({})
+    found = trained_checkpoints(run_dir / "train", strict=False) if (run_dir / "train").is_dir() else {}
+    found.update({m: str(p) for m, p in (cfg.get("checkpoints") or {}).items() if Path(str(p)).is_file()})
+    order = list(cfg.get("methods") or [])
+    return {m: found[m] for m in sorted(found, key=lambda m: (order.index(m) if m in order else len(order), m))}
+
+
+def latest_run_checkpoints(log_dir: str | Path) -> tuple[Path | None, dict[str, str]]:
+    """(the newest `make compare` run under `log_dir`/compare/runs that has checkpoints, its checkpoints)."""
+    runs = Path(log_dir) / "compare" / "runs"
+    if runs.is_dir():
+        for run in sorted((p for p in runs.iterdir() if p.is_dir()), key=lambda p: p.name, reverse=True):
+            ckpts = run_checkpoints(run)
+            if ckpts:
+                return run, ckpts
+    return None, {}
 
 
 @task_wrapper

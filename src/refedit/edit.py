@@ -107,24 +107,16 @@ def load_inputs(args: dict[str, str], needed: tuple[str, ...],
     return batch, orig_hw
 
 
-def edit_result(args: dict[str, str]) -> tuple[torch.Tensor, Any, tuple | None]:
-    """Load the checkpoint and inputs and run the method: (result in [-1,1] before resizing and quantisation,
-    the model, the source's original size)."""
-    from refedit.methods import load_method
-
-    if not Path(args["ckpt"]).is_file():
-        raise InputError(f"ckpt={args['ckpt']}: no such file")
-    for key in (*IMAGE_KEYS, *MASK_KEYS, "depth"):  # fail fast, before the checkpoint is loaded
+def check_files(args: dict[str, str]) -> None:
+    """Fail fast on a missing input file, before a checkpoint is loaded."""
+    for key in (*IMAGE_KEYS, *MASK_KEYS, "depth"):
         if key in args and not Path(args[key]).exists():
             raise InputError(f"{key}={args[key]}: no such file")
-    model = load_method(args["ckpt"])
-    resolution = int(model.backbone_cfg["resolution"])
-    # a method with `edit_native_size = True` (MimicBrush: pad to square, crop back) fits the inputs itself
-    native = bool(getattr(model, "edit_native_size", False))
-    batch, orig_hw = load_inputs(args, tuple(model.sample_keys), None if native else resolution)
-    batch = model.prepare_edit_batch(batch) if hasattr(model, "prepare_edit_batch") else batch
-    g = torch.Generator().manual_seed(int(args.get("seed", 0)))
-    kw: dict[str, Any] = {"generator": g, "progress": True}
+
+
+def sample_options(args: dict[str, str]) -> dict[str, Any]:
+    """The `sample` keyword arguments the options ask for (absent: the method's own defaults)."""
+    kw: dict[str, Any] = {}
     if "steps" in args:
         kw["num_steps"] = int(args["steps"])
     if "guidance" in args:
@@ -135,20 +127,54 @@ def edit_result(args: dict[str, str]) -> tuple[torch.Tensor, Any, tuple | None]:
         kw["eta"] = float(args["eta"])
     if "paste_back" in args:
         kw["paste_back"] = _bool(args["paste_back"], "paste_back")
+    return kw
+
+
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def edit_with_model(model: Any, args: dict[str, str], progress: bool = True) -> tuple[torch.Tensor, tuple | None]:
+    """Run a loaded method on the input files named in `args` (the keys `load_inputs` reads, plus the sampling
+    options): (result in [-1,1] before resizing and quantisation, the source's original size). The batch goes
+    to the model's device; the seed's generator lives there too."""
+    check_files(args)
+    resolution = int(model.backbone_cfg["resolution"])
+    # a method with `edit_native_size = True` (MimicBrush: pad to square, crop back) fits the inputs itself
+    native = bool(getattr(model, "edit_native_size", False))
+    batch, orig_hw = load_inputs(args, tuple(model.sample_keys), None if native else resolution)
+    device = model.device
+    batch = _to(batch, device)
+    batch = _to(model.prepare_edit_batch(batch), device) if hasattr(model, "prepare_edit_batch") else batch
+    g = torch.Generator(device=device).manual_seed(int(args.get("seed", 0)))
     with torch.no_grad():
-        result = model.sample(batch, **kw)
+        result = model.sample(batch, generator=g, progress=progress, **sample_options(args))
+    return result, orig_hw
+
+
+def edit_result(args: dict[str, str]) -> tuple[torch.Tensor, Any, tuple | None]:
+    """Load the checkpoint and inputs and run the method: (result in [-1,1] before resizing and quantisation,
+    the model, the source's original size)."""
+    from refedit.methods import load_method
+
+    if not Path(args["ckpt"]).is_file():
+        raise InputError(f"ckpt={args['ckpt']}: no such file")
+    check_files(args)
+    model = load_method(args["ckpt"])
+    result, orig_hw = edit_with_model(model, args)
     return result, model, orig_hw
 
 
-def run_edit(args: dict[str, str]) -> Path:
-    result, model, orig_hw = edit_result(args)
-    out = Path(args["out"])
+def save_result(result: torch.Tensor, method: str, orig_hw: tuple | None, out: str | Path) -> Path:
+    """Write a result of `edit_with_model`: a clip (.mp4/.gif/...) for video methods, else an image at the
+    source's original size."""
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if result.dim() == 5 or out.suffix.lower() in CLIP_SUFFIXES:
         from refedit.utils.video import write_clip
 
         if result.dim() != 5:
-            raise InputError(f"out={out}: method '{model.name}' produces an image, not a clip")
+            raise InputError(f"out={out}: method '{method}' produces an image, not a clip")
         write_clip(to_unit(result[0]), out)
     else:
         img = result
@@ -156,6 +182,11 @@ def run_edit(args: dict[str, str]) -> Path:
             img = torch.nn.functional.interpolate(img, size=tuple(orig_hw), mode="bicubic", align_corners=False)
         save_image(to_unit(img[0]), out)
     return out
+
+
+def run_edit(args: dict[str, str]) -> Path:
+    result, model, orig_hw = edit_result(args)
+    return save_result(result, model.name, orig_hw, args["out"])
 
 
 def _quiet_libraries() -> None:
