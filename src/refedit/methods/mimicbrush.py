@@ -44,9 +44,9 @@ from refedit.backbone.attention import (
     restore_processors,
 )
 from refedit.backbone.encoders import FrozenImageEncoder
+from refedit.backbone.latents import latent_mask
 from refedit.backbone.unet import build_unet, widen_conv_in
 from refedit.methods.base import Cond, LatentEditModule, paste_back_feathered
-from refedit.methods.sd_inpaint import latent_mask
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from refedit.backbone.encoders import FrozenTextEncoder
+from refedit.backbone.latents import latent_mask
 from refedit.backbone.unet import build_unet
 from refedit.methods.base import Cond, LatentEditModule
 
@@ -27,11 +27,6 @@ MODES = ("inpaint", "sdedit")
 #: Magic Fixup paper's baseline strength
 DEFAULT_STRENGTH = {"inpaint": 1.0, "sdedit": 0.4}
 INPAINT_CHANNELS = 9
-
-
-def latent_mask(mask: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
-    """Pixel mask -> latent-size mask, resized as diffusers' inpainting pipeline does (nearest)."""
-    return F.interpolate(mask.float(), size=latent_hw)
 
 
 class SDInpaint(LatentEditModule):
