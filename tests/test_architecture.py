@@ -238,3 +238,34 @@ def test_checks_catch_known_violations(tmp_path):
     assert cycles(unit_edges(g)) == [["refedit.eval", "refedit.utils"]]
     assert [v.split(": ")[1] for v in private_violations(g)] == [
         "refedit.eval.benchmark uses the private refedit.eval.adapters._frames"]
+
+
+# ------------------------------------------------------------------------------------------ method hooks
+#: what a method may provide beyond build/conditions/denoise, each declared on LatentEditModule with its default
+HOOKS = ("prepare_edit_batch", "export_diffusers", "edit_native_size", "data_transform", "prepare_start",
+         "condition_image", "init_latents", "decode")
+
+
+def test_every_method_hook_is_declared_on_the_base_with_a_default():
+    from refedit.methods.base import LatentEditModule
+
+    assert [h for h in HOOKS if h not in vars(LatentEditModule)] == []
+    fake = type("Fake", (), {"name": "some_method"})()
+    batch = {"source": object()}
+    assert LatentEditModule.prepare_edit_batch(fake, batch) is batch
+    assert LatentEditModule.edit_native_size is False
+    with pytest.raises(NotImplementedError, match="'some_method' has no diffusers export"):
+        LatentEditModule.export_diffusers(fake, "out")
+
+
+def test_no_caller_discovers_a_hook_by_hasattr(import_graph):
+    """Callers call the hooks: `hasattr(model, 'export_diffusers')` / `getattr(model, 'edit_native_size', ...)`
+    would hide a misspelt override and keep a second default outside the base class."""
+    bad = []
+    for m, path in import_graph.files.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id in ("hasattr", "getattr") and len(node.args) >= 2
+                    and isinstance(node.args[1], ast.Constant) and node.args[1].value in HOOKS):
+                bad.append(f"{import_graph.where(m, node.lineno)}: {node.func.id}(..., {node.args[1].value!r})")
+    assert not bad, "method hooks looked up by name instead of called:\n" + "\n".join(bad)

@@ -319,8 +319,7 @@ class MimicBrush(LatentEditModule):
         "data=toyworld_mimicbrush or data=toyworld with data.task=reference_imitation."
     )
     frozen_modules = ("codec", "image_encoder", "depth_estimator")
-    #: `python -m refedit.edit` hands over the files at their own size: `sample` pads, resizes and crops back
-    edit_native_size = True
+    edit_native_size = True  # `sample` pads, resizes and crops back (LatentEditModule.edit_native_size)
 
     def build(
         self,
