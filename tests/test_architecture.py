@@ -269,3 +269,28 @@ def test_no_caller_discovers_a_hook_by_hasattr(import_graph):
                     and isinstance(node.args[1], ast.Constant) and node.args[1].value in HOOKS):
                 bad.append(f"{import_graph.where(m, node.lineno)}: {node.func.id}(..., {node.args[1].value!r})")
     assert not bad, "method hooks looked up by name instead of called:\n" + "\n".join(bad)
+
+
+# ------------------------------------------------------------------------------------------ one place each
+def _definitions(g, pred) -> list[str]:
+    out = []
+    for m, path in g.files.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if pred(node):
+                out.append(f"{m}:{node.lineno}")
+    return out
+
+
+def test_frozen_modules_stay_in_eval_mode_through_one_train_override(import_graph):
+    """`LatentEditModule.train` keeps every `frozen_modules` entry in eval mode; no module overrides `train`
+    on its own (four near-copies did)."""
+    found = _definitions(import_graph, lambda n: isinstance(n, ast.FunctionDef) and n.name == "train"
+                         and [a.arg for a in n.args.args][:2] == ["self", "mode"])
+    assert [f.split(":")[0] for f in found] == ["refedit.methods.base"], found
+
+
+def test_unused_parameter_probe_is_one_function(import_graph):
+    """Which parameters an output reaches is asked in one place (`backbone.unet.parameters_reached`)."""
+    found = _definitions(import_graph, lambda n: isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+                         and n.func.attr == "grad" and any(k.arg == "allow_unused" for k in n.keywords))
+    assert [f.split(":")[0] for f in found] == ["refedit.backbone.unet"], found

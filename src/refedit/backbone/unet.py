@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -86,3 +86,19 @@ def transformer_blocks(unet: torch.nn.Module) -> list[tuple[str, torch.nn.Module
 
 def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def probe_latent(config: Mapping[str, Any], device: str | torch.device = "cpu") -> torch.Tensor:
+    """The smallest input a U-Net of `config` takes (one latent pixel per down-sampling step, zeros): for
+    autograd probes of which parameters an output depends on."""
+    d = 2 ** (len(config["block_out_channels"]) - 1)
+    return torch.zeros(1, int(config["in_channels"]), d, d, device=device)
+
+
+def parameters_reached(output: torch.Tensor,
+                       named_parameters: Sequence[tuple[str, torch.nn.Parameter]]) -> frozenset[str]:
+    """Names of the parameters `output` depends on: those a gradient of ``output.sum()`` reaches. One backward
+    (no `.grad` written); on the meta device it costs no memory. A parameter left out of a method's
+    `trainable_parameters` because nothing reaches it spares DDP its `find_unused_parameters` search."""
+    grads = torch.autograd.grad(output.sum(), [p for _, p in named_parameters], allow_unused=True)
+    return frozenset(n for (n, _), g in zip(named_parameters, grads) if g is not None)

@@ -114,6 +114,25 @@ class LatentEditModule(L.LightningModule):
         for p in self.trainable_parameters():
             p.requires_grad_(True)
 
+    def frozen_submodules(self) -> list[torch.nn.Module]:
+        """The modules named by `frozen_modules` (a name that is unset or not a module, e.g. no depth
+        estimator, is skipped)."""
+        out = []
+        for name in self.frozen_modules:
+            try:
+                out.append(self.get_submodule(name))
+            except AttributeError:
+                continue
+        return out
+
+    def train(self, mode: bool = True):
+        """Lightning switches the whole model to train mode every epoch: the frozen parts (`frozen_modules`) stay
+        in eval mode whatever `mode` says, so their dropout and normalisation never change."""
+        super().train(mode)
+        for m in self.frozen_submodules():
+            m.eval()
+        return self
+
     def check_batch(self, batch: Mapping[str, Any], keys: Sequence[str]) -> None:
         require_keys(batch, keys, method=self.name, hint=self.data_hint)
 

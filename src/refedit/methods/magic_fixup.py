@@ -75,7 +75,7 @@ from refedit.backbone.attention import (
 )
 from refedit.backbone.loading import load_component
 from refedit.backbone.schedule import NoiseSchedule
-from refedit.backbone.unet import build_unet, transformer_blocks
+from refedit.backbone.unet import build_unet, parameters_reached, probe_latent, transformer_blocks
 from refedit.data.holes import FillCoarseHoles, HoleFill
 from refedit.methods.base import Cond, LatentEditModule
 
@@ -206,13 +206,11 @@ def _trace_pair(configs: Sequence[Mapping[str, Any]], groups: Sequence[str],
     bank = FeatureBank()
     names = assemble_detail_transfer(syn, ext, bank, groups)
     dev = "meta" if meta else "cpu"
-    s = 2 ** (len(syn.config.block_out_channels) - 1)
-    x = torch.zeros(1, int(syn.config.in_channels), s, s, device=dev)
+    x = probe_latent(syn.config, dev)
     out = run_pair(syn, ext, bank, x, x, torch.zeros(1, device=dev, dtype=torch.long), len(names))
     named = [(f"synthesizer.{n}", p) for n, p in syn.named_parameters()]
     named += [(f"extractor.{n}", p) for n, p in ext.named_parameters()]
-    grads = torch.autograd.grad(out.sum(), [p for _, p in named], allow_unused=True)
-    return frozenset(n for (n, _), g in zip(named, grads) if g is not None), {n for n, _ in named}
+    return parameters_reached(out, named), {n for n, _ in named}
 
 
 # ---------------------------------------------------------------------------------------- coarse edits

@@ -45,7 +45,7 @@ from refedit.backbone.attention import (
 )
 from refedit.backbone.encoders import FrozenImageEncoder
 from refedit.backbone.latents import latent_mask
-from refedit.backbone.unet import build_unet, widen_conv_in
+from refedit.backbone.unet import build_unet, parameters_reached, probe_latent, widen_conv_in
 from refedit.methods.base import Cond, LatentEditModule, paste_back_feathered
 
 log = logging.getLogger(__name__)
@@ -173,13 +173,10 @@ def _dead_parameters(config_json: str, blocks: tuple[str, ...]) -> frozenset[str
             probe = UNet2DConditionModel.from_config(cfg)
             bank = FeatureBank()
             install_capture(probe, bank, blocks)
-            d = 2 ** (len(cfg["block_out_channels"]) - 1)
-            z = torch.zeros(1, int(cfg["in_channels"]), d, d)
             ctx = torch.zeros(1, 1, int(cfg["cross_attention_dim"]))
-            probe(z, torch.ones(1), encoder_hidden_states=ctx)
-            params = dict(probe.named_parameters())
-            total = sum(f.sum() for f in bank.features.values())
-            grads = torch.autograd.grad(total, list(params.values()), allow_unused=True)
+            probe(probe_latent(cfg, "meta"), torch.ones(1), encoder_hidden_states=ctx)
+            named = list(probe.named_parameters())
+            reached = parameters_reached(sum(f.sum() for f in bank.features.values()), named)
     except Exception as e:  # noqa: BLE001 - an architecture the probe cannot run: train everything
         log.warning(
             "mimicbrush: could not find the reference U-Net's unused parameters (%s: %s); all of them "
@@ -188,7 +185,7 @@ def _dead_parameters(config_json: str, blocks: tuple[str, ...]) -> frozenset[str
             e,
         )
         return frozenset()
-    return frozenset(n for n, g in zip(params, grads) if g is None)
+    return frozenset(n for n, _ in named if n not in reached)
 
 
 # ------------------------------------------------------------------------------------------ depth
@@ -266,9 +263,6 @@ class TransformersDepthEstimator(torch.nn.Module):
         self.invert = invert
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-
-    def train(self, mode: bool = True):  # frozen
-        return super().train(False)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -204,11 +204,6 @@ class PaintByExample(LatentEditModule):
         return [*self.unet.parameters(), *enc.mapper.parameters(), *enc.final_layer_norm.parameters(),
                 *enc.proj_out.parameters(), enc.uncond_vector]
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.image_encoder.model.eval()  # the frozen CLIP tower never switches to train mode
-        return self
-
     # ------------------------------------------------------------------ conditions
     def reference_pixels(self, batch: Mapping[str, Any], train: bool) -> torch.Tensor:
         """CLIP pixel values of the exemplar: the pipeline's own (from `prepare_edit_batch`) when present, else
