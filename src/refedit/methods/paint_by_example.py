@@ -27,7 +27,7 @@ from diffusers import UNet2DConditionModel
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from refedit.backbone.encoders import clip_image_processor, clip_image_processor_class
-from refedit.backbone.latents import InputLayout, inpaint_layout
+from refedit.backbone.latents import InputLayout, inpaint_layout, latent_mask
 from refedit.backbone.loading import ComponentLoadError, load_component
 from refedit.backbone.unet import build_unet, init_spec
 from refedit.data.reference_augment import ReferenceAugment
@@ -253,7 +253,7 @@ class PaintByExample(LatentEditModule):
         source = batch["source"]
         keep = pbe_keep_mask(batch["mask"]).to(source.dtype)
         masked_latent = self.codec.encode(source * keep, generator=generator)
-        return torch.cat([masked_latent, F.interpolate(keep, size=masked_latent.shape[-2:])], dim=1)
+        return torch.cat([masked_latent, latent_mask(keep, masked_latent.shape[-2:])], dim=1)
 
     def conditions(self, batch, *, train, generator=None) -> tuple[Cond, Cond | None]:
         concat = self.inpaint_inputs(batch, generator)
