@@ -294,3 +294,22 @@ def test_unused_parameter_probe_is_one_function(import_graph):
     found = _definitions(import_graph, lambda n: isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
                          and n.func.attr == "grad" and any(k.arg == "allow_unused" for k in n.keywords))
     assert [f.split(":")[0] for f in found] == ["refedit.backbone.unet"], found
+
+
+def test_importing_utils_loads_no_other_refedit_package(import_graph):
+    """The same rule at run time, in a fresh interpreter (`python -c`): importing every refedit.utils module
+    (and what it imports at module level) puts no other refedit package into sys.modules."""
+    import os
+    import subprocess
+    import sys
+
+    utils = sorted(m for m in import_graph.files if m.startswith("refedit.utils"))
+    code = ("import importlib, sys\n"
+            f"for m in {utils!r}: importlib.import_module(m)\n"
+            "print('\\n'.join(sorted(m for m in sys.modules if m.startswith('refedit.'))))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    loaded = out.stdout.split()
+    assert set(utils) <= set(loaded)
+    assert [m for m in loaded if unit(m) != "refedit.utils"] == []
