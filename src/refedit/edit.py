@@ -140,12 +140,11 @@ def edit_with_model(model: Any, args: dict[str, str], progress: bool = True) -> 
     to the model's device; the seed's generator lives there too."""
     check_files(args)
     resolution = int(model.backbone_cfg["resolution"])
-    # a method with `edit_native_size = True` (MimicBrush: pad to square, crop back) fits the inputs itself
-    native = bool(getattr(model, "edit_native_size", False))
+    native = bool(model.edit_native_size)  # True: the method fits the inputs itself (MimicBrush)
     batch, orig_hw = load_inputs(args, tuple(model.sample_keys), None if native else resolution)
     device = model.device
     batch = _to(batch, device)
-    batch = _to(model.prepare_edit_batch(batch), device) if hasattr(model, "prepare_edit_batch") else batch
+    batch = _to(model.prepare_edit_batch(batch), device)
     g = torch.Generator(device=device).manual_seed(int(args.get("seed", 0)))
     with torch.no_grad():
         result = model.sample(batch, generator=g, progress=progress, **sample_options(args))

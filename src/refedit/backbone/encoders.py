@@ -1,4 +1,7 @@
-"""Frozen CLIP encoders (text and image) behind one small interface, loaded like any SD component."""
+"""Frozen CLIP encoders (text and image) behind one small interface, loaded like any SD component.
+
+No gradients; a method keeps them in eval mode by naming them in `frozen_modules` (`LatentEditModule.train`).
+"""
 
 from __future__ import annotations
 
@@ -27,12 +30,7 @@ def clip_image_processor_class() -> type:
         return transformers.CLIPImageProcessor
 
 
-class _Frozen(torch.nn.Module):
-    def train(self, mode: bool = True):  # frozen encoders stay in eval mode whatever Lightning does
-        return super().train(False)
-
-
-class FrozenTextEncoder(_Frozen):
+class FrozenTextEncoder(torch.nn.Module):
     """Captions -> CLIP last hidden states (B, 77, D), tokenised exactly as diffusers' SD pipelines do."""
 
     def __init__(self, tokenizer: CLIPTokenizer, model: CLIPTextModel):
@@ -59,7 +57,7 @@ class FrozenTextEncoder(_Frozen):
         return self.model(ids.to(device))[0]
 
 
-class FrozenImageEncoder(_Frozen):
+class FrozenImageEncoder(torch.nn.Module):
     """Images in [-1,1] -> CLIP vision features: pooled CLS, all tokens, penultimate tokens or projected embeds.
 
     Preprocessing is done on tensors (resize + CLIP normalisation) so training never leaves the device.

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from diffusers import UNet2DConditionModel
 
+from refedit.backbone.latents import InputLayout
 from refedit.backbone.loading import load_component
 
 
@@ -48,29 +49,41 @@ def init_spec(spec: Mapping[str, Any], init: str) -> dict[str, Any]:
     return spec
 
 
-def build_unet(spec: Mapping[str, Any], *, in_channels: int | None = None, cross_attention_dim: int | None = None,
-               meta: bool = False, init: str = "text_to_image") -> UNet2DConditionModel:
-    """Build the backbone UNet from `backbone.unet` and widen it to `in_channels` if asked.
+def build_unet(spec: Mapping[str, Any], *, layout: InputLayout | None = None, in_channels: int | None = None,
+               cross_attention_dim: int | None = None, meta: bool = False,
+               init: str = "text_to_image") -> UNet2DConditionModel:
+    """Build the backbone UNet from `backbone.unet` for the input `layout` (or a bare `in_channels`).
 
     `init` is the prior a method's paper fine-tunes: `text_to_image` loads `backbone.unet.pretrained` (SD-1.x,
     or toy-sd), `inpainting` loads `backbone.unet.pretrained_inpaint` (SD-inpainting, or toy-sd-inpainting) and
     falls back to `pretrained` where a backbone has no separate inpainting root (backbone=sd15_inpaint points
     `pretrained` at one). `pretrained: null` means a random init, whatever `pretrained_inpaint` says.
-    Pretrained weights with fewer input channels are widened (zero init); a random init is built with the
-    right width directly. `cross_attention_dim` overrides the config only for a random init.
+    Pretrained weights whose input is the layout's first groups are widened (zero init) and checked; a random
+    init is built with the layout's input and output widths directly. `cross_attention_dim` overrides the
+    config only for a random init.
     """
+    if layout is not None:
+        if in_channels is not None and in_channels != layout.in_channels:
+            raise ValueError(f"build_unet: in_channels={in_channels} contradicts the layout {layout.describe()}")
+        in_channels = layout.in_channels
     spec = init_spec(spec, init)
     if spec.get("pretrained") and not meta:
         unet = load_component(UNet2DConditionModel, spec, name="unet")
+        if layout is not None:
+            layout.check_widenable(unet, f"backbone.unet ({spec['pretrained']})")
     else:
         cfg = dict(spec["config"])
         if in_channels is not None:
             cfg["in_channels"] = in_channels
+        if layout is not None:
+            cfg["out_channels"] = layout.latent_channels
         if cross_attention_dim is not None:
             cfg["cross_attention_dim"] = cross_attention_dim
         unet = load_component(UNet2DConditionModel, {"config": cfg}, name="unet", meta=meta)
     if in_channels is not None:
         widen_conv_in(unet, in_channels)
+    if layout is not None:
+        layout.check(unet)
     return unet
 
 
@@ -86,3 +99,19 @@ def transformer_blocks(unet: torch.nn.Module) -> list[tuple[str, torch.nn.Module
 
 def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def probe_latent(config: Mapping[str, Any], device: str | torch.device = "cpu") -> torch.Tensor:
+    """The smallest input a U-Net of `config` takes (one latent pixel per down-sampling step, zeros): for
+    autograd probes of which parameters an output depends on."""
+    d = 2 ** (len(config["block_out_channels"]) - 1)
+    return torch.zeros(1, int(config["in_channels"]), d, d, device=device)
+
+
+def parameters_reached(output: torch.Tensor,
+                       named_parameters: Sequence[tuple[str, torch.nn.Parameter]]) -> frozenset[str]:
+    """Names of the parameters `output` depends on: those a gradient of ``output.sum()`` reaches. One backward
+    (no `.grad` written); on the meta device it costs no memory. A parameter left out of a method's
+    `trainable_parameters` because nothing reaches it spares DDP its `find_unused_parameters` search."""
+    grads = torch.autograd.grad(output.sum(), [p for _, p in named_parameters], allow_unused=True)
+    return frozenset(n for (n, _), g in zip(named_parameters, grads) if g is not None)

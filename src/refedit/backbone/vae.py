@@ -7,6 +7,8 @@ from diffusers import AutoencoderKL
 
 
 class LatentCodec(torch.nn.Module):
+    """Frozen (no gradients; a method keeps it in eval mode, `LatentEditModule.train`)."""
+
     def __init__(self, vae: AutoencoderKL, chunk_size: int = 16):
         super().__init__()
         self.vae = vae
@@ -29,9 +31,6 @@ class LatentCodec(torch.nn.Module):
     @property
     def latent_channels(self) -> int:
         return int(self.vae.config.latent_channels)
-
-    def train(self, mode: bool = True):  # the codec is frozen: never let Lightning switch it to train mode
-        return super().train(False)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True) -> torch.Tensor:

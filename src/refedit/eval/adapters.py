@@ -104,8 +104,9 @@ def _object_crop(frame: torch.Tensor, box: list[int], size: int) -> torch.Tensor
 
 
 # ----------------------------------------------------------------------------------------------- per task
-def _frames_as_batch(batch: Batch) -> Batch:
-    """subject_video -> a batch of B*F frames with the subject's box (in each frame) as the mask."""
+def frames_as_batch(batch: Batch) -> Batch:
+    """subject_video -> a batch of B*F frames with the subject's box (in each frame) as the mask: how image
+    methods run the video task, and what its per-frame metrics compare (`benchmark.score`)."""
     from refedit.data.toyworld import render_clip
 
     video = batch["video"]
@@ -132,7 +133,7 @@ def prepare(method: str, task: str, batch: Batch) -> tuple[Batch, dict[str, Any]
     """(method batch, sample() kwargs, post-processing of the method's output)."""
     ident: Callable[[torch.Tensor], torch.Tensor] = lambda x: x  # noqa: E731
     if task == "subject_video" and method != "magdiff":
-        frames = _frames_as_batch(batch)
+        frames = frames_as_batch(batch)
         f = frames.pop("_frames")
         inner, kw, post = prepare(method, "exemplar_inpaint", frames)
         return inner, kw, lambda x: post(x).unflatten(0, (-1, f))

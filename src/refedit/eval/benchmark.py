@@ -76,7 +76,7 @@ def score(task: str, batch: Mapping[str, Any], pred: torch.Tensor, feature_fn: F
 
         video = batch["video"]
         b, f = video.shape[:2]
-        frames = adapters._frames_as_batch(batch)
+        frames = adapters.frames_as_batch(batch)
         flat = pred.flatten(0, 1)
         ident = M.identity_score(flat, frames["reference"], frames["mask"], frames["reference_mask"], feature_fn)
         return {"psnr": M.psnr_masked(flat, video.flatten(0, 1), torch.ones_like(frames["mask"])).view(b, f).mean(1),

@@ -32,6 +32,7 @@ from diffusers import (
 from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from refedit.backbone.encoders import clip_image_processor
+from refedit.backbone.latents import inpaint_layout
 from refedit.eval.features import ObjectLocator, ToyworldProbe
 from refedit.foundations import data, prior, probe, quality, text, vae
 from refedit.foundations.config import FoundationsConfig
@@ -229,18 +230,22 @@ def foundations_info(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def save_random_foundations(out_dir: str | os.PathLike, unet: dict[str, Any], resolution: int = 64, seed: int = 0,
+                            latent_channels: int = 4,
                             words: tuple[str, ...] = ("a", "red", "blue", "green", "star", "circle", "striped",
                                                       "moving", "left", "right")) -> Path:
     """Untrained parts in exactly the layout `build_foundations` writes: for tests of the loading path and of
-    everything that needs the parts but not their quality. `unet` is the toy U-Net architecture."""
+    everything that needs the parts but not their quality. `unet` is the toy U-Net architecture; its input and
+    output widths follow `latent_channels` (the VAE's)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         out = Path(out_dir)
         tok = text.build_tokenizer(set(words))
         clip = text.new_clip(tok, 64)
-        t2i = UNet2DConditionModel.from_config(dict(unet))
-        inpaint = UNet2DConditionModel.from_config({**dict(unet), "in_channels": 9})
-        _save_all(out, AutoencoderKL(**vae.vae_config(resolution)), tok, clip, t2i, inpaint, ObjectLocator())
+        c = int(latent_channels)
+        t2i = UNet2DConditionModel.from_config({**dict(unet), "in_channels": c, "out_channels": c})
+        inpaint = UNet2DConditionModel.from_config({**dict(unet), "in_channels": inpaint_layout(c).in_channels,
+                                                    "out_channels": c})
+        _save_all(out, AutoencoderKL(**vae.vae_config(resolution, c)), tok, clip, t2i, inpaint, ObjectLocator())
         ToyworldProbe().save(out / "probe", {"random": True})
     (out / "foundations.json").write_text(json.dumps({"version": FOUNDATIONS_VERSION, "random": True}))
     return out

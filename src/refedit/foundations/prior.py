@@ -21,6 +21,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from refedit.backbone.latents import inpaint_layout
 from refedit.backbone.unet import widen_conv_in
 from refedit.foundations.config import FoundationsConfig
 from refedit.foundations.data import Scenes
@@ -158,7 +159,7 @@ def train_inpainting(t2i: UNet2DConditionModel, vae: AutoencoderKL, scenes: Scen
     """The text-to-image U-Net widened to [noisy latent 4, mask 1, masked-image latent 4] (diffusers' order),
     fine-tuned on masks of `MASK_KINDS`; an object mask comes with that object's caption, other masks with the
     scene's. The masked image is the frame with the hole set to 0 (mid grey), encoded by the VAE's mode."""
-    unet = widen_conv_in(copy.deepcopy(t2i), 9)
+    unet = widen_conv_in(copy.deepcopy(t2i), inpaint_layout(vae.config.latent_channels).in_channels)
     trainer = UNetTrainer(unet, cfg, cfg.inpaint_steps, cfg.inpaint_lr, device)
     rng = np.random.default_rng(cfg.seed + 5)
     size = scenes.images.shape[-1]

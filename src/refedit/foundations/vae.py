@@ -12,10 +12,10 @@ from tqdm.auto import tqdm
 from refedit.foundations.config import FoundationsConfig
 
 
-def vae_config(resolution: int) -> dict:
+def vae_config(resolution: int, latent_channels: int = 4) -> dict:
     return dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 3,
                 up_block_types=["UpDecoderBlock2D"] * 3, block_out_channels=[32, 64, 64], layers_per_block=1,
-                latent_channels=4, norm_num_groups=16, sample_size=resolution,
+                latent_channels=latent_channels, norm_num_groups=16, sample_size=resolution,
                 mid_block_add_attention=False)  # no attention: a conv VAE is size-agnostic (trained on crops)
 
 

@@ -45,6 +45,9 @@ class LatentEditModule(L.LightningModule):
     data_hint: str = ""
     #: submodule attribute names that are frozen and reloaded from the backbone (never stored in checkpoints)
     frozen_modules: tuple[str, ...] = ("codec",)
+    #: `refedit.edit` hands over the input files at their own size (True: `sample` fits them itself, e.g.
+    #: MimicBrush pads to a square and crops back) instead of resizing them to `backbone.resolution`
+    edit_native_size: bool = False
 
     def __init__(self, backbone: Mapping[str, Any], optimizer: Mapping[str, Any] | None = None,
                  lr_scheduler: Mapping[str, Any] | None = None, sampling: Mapping[str, Any] | None = None,
@@ -93,11 +96,42 @@ class LatentEditModule(L.LightningModule):
         preparation that would otherwise stall the training step (`refedit.data.datamodule.build_datamodule`)."""
         return None
 
+    def prepare_edit_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """What `refedit.edit` (and the demo) do to a batch loaded from files before `sample`: nothing here; a
+        method overrides it for input conventions of its own (PbE: the pipeline's CLIP preprocessing of the
+        exemplar file; Magic Fixup: holes from black pixels)."""
+        return batch
+
+    def export_diffusers(self, out_dir: str | os.PathLike) -> None:
+        """Write the method's diffusers pipeline directory (`refedit.export`). Methods without a diffusers
+        pipeline keep this default."""
+        raise NotImplementedError(f"method '{self.name}' has no diffusers export (refedit.export format=diffusers "
+                                  f"supports the methods that override LatentEditModule.export_diffusers)")
+
     # ------------------------------------------------------------------ shared engine
     def _freeze(self) -> None:
         self.requires_grad_(False)
         for p in self.trainable_parameters():
             p.requires_grad_(True)
+
+    def frozen_submodules(self) -> list[torch.nn.Module]:
+        """The modules named by `frozen_modules` (a name that is unset or not a module, e.g. no depth
+        estimator, is skipped)."""
+        out = []
+        for name in self.frozen_modules:
+            try:
+                out.append(self.get_submodule(name))
+            except AttributeError:
+                continue
+        return out
+
+    def train(self, mode: bool = True):
+        """Lightning switches the whole model to train mode every epoch: the frozen parts (`frozen_modules`) stay
+        in eval mode whatever `mode` says, so their dropout and normalisation never change."""
+        super().train(mode)
+        for m in self.frozen_submodules():
+            m.eval()
+        return self
 
     def check_batch(self, batch: Mapping[str, Any], keys: Sequence[str]) -> None:
         require_keys(batch, keys, method=self.name, hint=self.data_hint)

@@ -22,9 +22,9 @@ Conditions (per sample; the U-Net sees frames as its batch):
   cat([text, its own 16 tokens]) only (with `subject_frames: first` frames 1..F-1 then never see the subject
   through APA). Each APA processor splits its context after the text tokens (the tokenizer's fixed length).
 * HFA: VAE latents of the subject image at 1.5/1.25/1.0 x the video size (paper: 384/320/256 for 256 px) ->
-  pooled to the latent size -> 3x3 conv to 4 channels each -> concatenated to the noisy latent on channels
-  (conv_in widened, zero init); `hfa: single` is the release's one latent (in_channels 8). `hfa_input: inplace`
-  (release) encodes `subject_inplace`, pixel-aligned with frame 0, resized to each scale (alignment kept);
+  pooled to the latent size -> 3x3 conv to `hfa_channels` each (default the latent's width: 4 with SD's VAE) ->
+  concatenated to the noisy latent on channels (conv_in widened, zero init); `hfa: single` is the release's one
+  latent (input: two latents). `hfa_input: inplace` (release) encodes `subject_inplace`, pixel-aligned with frame 0, resized to each scale (alignment kept);
   `crop` encodes the cropped `subject` letterboxed to each size (not aligned with the frame). The same
   `subject_frames` rule applies per frame (the others get the blank image's latents).
 * Text dropped with p = cond_drop_prob for CFG; at sampling CFG is on text only (negative = empty text, same
@@ -52,6 +52,7 @@ from diffusers.models.embeddings import IPAdapterPlusImageProjection
 from torch import nn
 
 from refedit.backbone.encoders import FrozenImageEncoder, FrozenTextEncoder
+from refedit.backbone.latents import InputLayout
 from refedit.backbone.unet import build_unet
 from refedit.methods.base import Cond, LatentEditModule
 from refedit.methods.magdiff_parts import HFAPyramid, inflate_unet, install_apa, letterbox
@@ -81,7 +82,7 @@ class MagDiff(LatentEditModule):
     def build(self, num_frames: int = 8, motion: Mapping[str, Any] | None = None,
               image_tokens: Mapping[str, Any] | None = None, subject_frames: str = "first",
               image_context: str = "all_frames", apa: Mapping[str, Any] | None = None, hfa: str = "pyramid",
-              hfa_scales: tuple[float, ...] | list[float] = (1.5, 1.25, 1.0), hfa_channels: int = 4,
+              hfa_scales: tuple[float, ...] | list[float] = (1.5, 1.25, 1.0), hfa_channels: int | None = None,
               hfa_input: str = "inplace", unet_init: str = "text_to_image") -> None:
         if subject_frames not in ("first", "all"):
             raise ValueError(f"method.subject_frames must be 'first' or 'all', got {subject_frames!r}")
@@ -114,10 +115,11 @@ class MagDiff(LatentEditModule):
 
         self.text_encoder = FrozenTextEncoder.from_backbone(self.backbone_cfg, meta=self.meta)
         self.image_encoder = FrozenImageEncoder.from_backbone(self.backbone_cfg, meta=self.meta)
-        self.hfa = HFAPyramid(hfa, hfa_scales, self.codec.latent_channels, int(hfa_channels),
+        c = self.codec.latent_channels
+        self.hfa = HFAPyramid(hfa, hfa_scales, c, c if hfa_channels is None else int(hfa_channels),
                               fit="resize" if hfa_input == "inplace" else "letterbox")
-        in_channels = self.codec.latent_channels + self.hfa.out_channels
-        unet2d = build_unet(self.backbone_cfg["unet"], in_channels=in_channels, meta=self.meta, init=unet_init)
+        self.layout = InputLayout((("latent", c), ("hfa", self.hfa.out_channels)), "MagDiff")
+        unet2d = build_unet(self.backbone_cfg["unet"], layout=self.layout, meta=self.meta, init=unet_init)
         cross_dim = int(unet2d.config.cross_attention_dim)
         if self.text_encoder.dim != cross_dim:
             raise ValueError(f"text encoder width {self.text_encoder.dim} != U-Net cross_attention_dim {cross_dim}")

@@ -1,6 +1,7 @@
 """Magic Fixup (Alzayer et al., 2024): a coarse edit made realistic (spec: shared/specs/magic_fixup.md).
 
-Two U-Nets with 9 input channels (conv_in widened, new channels zero-initialised), trained jointly:
+Two U-Nets whose input is two latents and a mask (`synthesizer_layout`, `extractor_layout`: 4 + 4 + 1 with SD's VAE;
+conv_in widened, new channels zero-initialised), trained jointly:
 
 * synthesizer: ``cat([noisy latent, VAE(coarse with holes filled), M])``;
 * detail extractor: ``cat([VAE(reference) noised to the synthesizer's t with fresh noise, VAE(reference), M])``.
@@ -73,15 +74,28 @@ from refedit.backbone.attention import (
     install_processors,
     multihead_attention,
 )
+from refedit.backbone.latents import InputLayout
 from refedit.backbone.loading import load_component
 from refedit.backbone.schedule import NoiseSchedule
-from refedit.backbone.unet import build_unet, transformer_blocks
+from refedit.backbone.unet import build_unet, parameters_reached, probe_latent, transformer_blocks
 from refedit.data.holes import FillCoarseHoles, HoleFill
 from refedit.methods.base import Cond, LatentEditModule
 
 log = logging.getLogger(__name__)
 
 TEXT_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out")
+
+
+def synthesizer_layout(latent_channels: int) -> InputLayout:
+    """noisy latent, coarse-edit latent, valid mask (SD: 4 + 4 + 1)."""
+    c = int(latent_channels)
+    return InputLayout((("latent", c), ("coarse", c), ("valid", 1)), "synthesizer")
+
+
+def extractor_layout(latent_channels: int) -> InputLayout:
+    """reference latent noised to the synthesizer's t, clean reference latent, valid mask (SD: 4 + 4 + 1)."""
+    c = int(latent_channels)
+    return InputLayout((("latent", c), ("reference", c), ("valid", 1)), "detail extractor")
 
 
 # ---------------------------------------------------------------------------------------- detail transfer
@@ -206,13 +220,11 @@ def _trace_pair(configs: Sequence[Mapping[str, Any]], groups: Sequence[str],
     bank = FeatureBank()
     names = assemble_detail_transfer(syn, ext, bank, groups)
     dev = "meta" if meta else "cpu"
-    s = 2 ** (len(syn.config.block_out_channels) - 1)
-    x = torch.zeros(1, int(syn.config.in_channels), s, s, device=dev)
+    x = probe_latent(syn.config, dev)
     out = run_pair(syn, ext, bank, x, x, torch.zeros(1, device=dev, dtype=torch.long), len(names))
     named = [(f"synthesizer.{n}", p) for n, p in syn.named_parameters()]
     named += [(f"extractor.{n}", p) for n, p in ext.named_parameters()]
-    grads = torch.autograd.grad(out.sum(), [p for _, p in named], allow_unused=True)
-    return frozenset(n for (n, _), g in zip(named, grads) if g is not None), {n for n, _ in named}
+    return parameters_reached(out, named), {n for n, _ in named}
 
 
 # ---------------------------------------------------------------------------------------- coarse edits
@@ -340,8 +352,9 @@ class MagicFixup(LatentEditModule):
             self.schedule.config["timestep_spacing"] = sampling_timestep_spacing  # DDIM only; training ignores it
         unet_spec = self.backbone_cfg["unet"]
         # both U-Nets start from the text-to-image prior (the paper's two SD-1.4 copies), conv_in widened
-        self.synthesizer = build_unet(unet_spec, in_channels=9, meta=self.meta, init=unet_init)
-        self.extractor = build_unet(unet_spec, in_channels=9, meta=self.meta, init=unet_init)
+        c = self.codec.latent_channels
+        self.synthesizer = build_unet(unet_spec, layout=synthesizer_layout(c), meta=self.meta, init=unet_init)
+        self.extractor = build_unet(unet_spec, layout=extractor_layout(c), meta=self.meta, init=unet_init)
         self.bank = FeatureBank()
         self.detail_block_names = assemble_detail_transfer(self.synthesizer, self.extractor, self.bank,
                                                            self.detail_groups)

@@ -1,13 +1,14 @@
 """MimicBrush (Chen et al., NeurIPS 2024): zero-shot image editing by reference imitation
 (spec: shared/specs/mimicbrush.md). No training code was ever released; this is the paper's recipe.
 
-Two U-Nets. The *imitative* U-Net denoises ``cat([noisy latent 4, mask 1, masked-image latent 4, depth 4])``
-(13 channels, masked pixels black before VAE encoding, new conv_in channels zero-initialised). The
+Two U-Nets. The *imitative* U-Net denoises ``cat([noisy latent, mask 1, masked-image latent, depth feature])``
+(`imitative_layout`: 4 + 1 + 4 + 4 with SD's VAE, the depth feature as wide as the latent; masked pixels black
+before VAE encoding, new conv_in channels zero-initialised). The
 *reference* U-Net runs on the clean reference latent at the same timestep with the same context; its mid and
 up transformer blocks write their pre-self-attention normalised hidden states into a bank, and the matching
 imitative blocks attend over ``cat([own, reference])`` keys/values with their own projections
 (`ReferenceKVProcessor`). The context is CLIP's penultimate-layer tokens of the reference through a Linear.
-A small conv net turns depth (from the batch or a pluggable estimator) into the 4 depth channels.
+A small conv net turns depth (from the batch or a pluggable estimator) into the depth channels.
 
 CFG: the unconditional branch has the null context and no reference K/V. Training drops the depth with
 ``depth_drop_prob`` (0.5, all-zero depth). ``recipe`` chooses between the paper and the released code (`RECIPES`):
@@ -44,15 +45,12 @@ from refedit.backbone.attention import (
     restore_processors,
 )
 from refedit.backbone.encoders import FrozenImageEncoder
-from refedit.backbone.unet import build_unet, widen_conv_in
+from refedit.backbone.latents import InputLayout, inpaint_layout, latent_mask, text_to_image_layout
+from refedit.backbone.unet import build_unet, parameters_reached, probe_latent, widen_conv_in
 from refedit.methods.base import Cond, LatentEditModule, paste_back_feathered
-from refedit.methods.sd_inpaint import latent_mask
 
 log = logging.getLogger(__name__)
 
-#: imitative U-Net input: noisy latent 4 + mask 1 + masked-image latent 4 + depth feature 4
-IMITATIVE_CHANNELS = 13
-INPAINT_CHANNELS = 9
 
 #: paper vs released code (ali-vilab/MimicBrush: models/ReferenceNet_attention.py, the reader's self-attention;
 #: mimicbrush/mimicbrush_referencenet.py, get_image_embeds). blend: weight of plain self-attention (None =
@@ -63,6 +61,13 @@ RECIPES: dict[str, dict[str, Any]] = {
     "paper": {"blend": None, "reference_drop_fraction": None, "null_image": "black"},
     "release": {"blend": 0.5, "reference_drop_fraction": 0.25, "null_image": "zero_pixel_values"},
 }
+
+
+def imitative_layout(latent_channels: int) -> InputLayout:
+    """The imitative U-Net's input: SD-inpainting's (noisy latent, mask, masked-image latent), then the depth
+    feature, as wide as the latent (SD: 4 + 1 + 4 + 4). The inpainting channels come first so SD-inpainting
+    weights widen to it."""
+    return inpaint_layout(latent_channels).extend(("depth", int(latent_channels)), name="imitative")
 
 
 # ------------------------------------------------------------------------------------ reference attention
@@ -173,13 +178,10 @@ def _dead_parameters(config_json: str, blocks: tuple[str, ...]) -> frozenset[str
             probe = UNet2DConditionModel.from_config(cfg)
             bank = FeatureBank()
             install_capture(probe, bank, blocks)
-            d = 2 ** (len(cfg["block_out_channels"]) - 1)
-            z = torch.zeros(1, int(cfg["in_channels"]), d, d)
             ctx = torch.zeros(1, 1, int(cfg["cross_attention_dim"]))
-            probe(z, torch.ones(1), encoder_hidden_states=ctx)
-            params = dict(probe.named_parameters())
-            total = sum(f.sum() for f in bank.features.values())
-            grads = torch.autograd.grad(total, list(params.values()), allow_unused=True)
+            probe(probe_latent(cfg, "meta"), torch.ones(1), encoder_hidden_states=ctx)
+            named = list(probe.named_parameters())
+            reached = parameters_reached(sum(f.sum() for f in bank.features.values()), named)
     except Exception as e:  # noqa: BLE001 - an architecture the probe cannot run: train everything
         log.warning(
             "mimicbrush: could not find the reference U-Net's unused parameters (%s: %s); all of them "
@@ -188,17 +190,17 @@ def _dead_parameters(config_json: str, blocks: tuple[str, ...]) -> frozenset[str
             e,
         )
         return frozenset()
-    return frozenset(n for n, g in zip(params, grads) if g is None)
+    return frozenset(n for n, _ in named if n not in reached)
 
 
 # ------------------------------------------------------------------------------------------ depth
 class DepthGuider(torch.nn.Module):
-    """Depth (B,1,H,W) -> (B,4,H/d,W/d): conv 1->16, log2(d) stride-2 convs up to 128 channels with SiLU,
-    final conv to 4. The final conv is not zero-initialised: the imitative conv_in's depth channels already
+    """Depth (B,1,H,W) -> (B,out_channels,H/d,W/d) (the latent's width: 4 for SD): conv 1->16, log2(d) stride-2
+    convs up to 128 channels with SiLU, final conv to out_channels. The final conv is not zero-initialised: the imitative conv_in's depth channels already
     are, and two zero layers in a row would never receive a gradient."""
 
     def __init__(
-        self, downsample: int, out_channels: int = 4, base_channels: int = 16, max_channels: int = 128
+        self, downsample: int, out_channels: int, base_channels: int = 16, max_channels: int = 128
     ):
         super().__init__()
         n = int(round(math.log2(downsample)))
@@ -267,9 +269,6 @@ class TransformersDepthEstimator(torch.nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
-    def train(self, mode: bool = True):  # frozen
-        return super().train(False)
-
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = (images.float() + 1) / 2
@@ -319,8 +318,7 @@ class MimicBrush(LatentEditModule):
         "data=toyworld_mimicbrush or data=toyworld with data.task=reference_imitation."
     )
     frozen_modules = ("codec", "image_encoder", "depth_estimator")
-    #: `python -m refedit.edit` hands over the files at their own size: `sample` pads, resizes and crops back
-    edit_native_size = True
+    edit_native_size = True  # `sample` pads, resizes and crops back (LatentEditModule.edit_native_size)
 
     def build(
         self,
@@ -352,13 +350,18 @@ class MimicBrush(LatentEditModule):
         self._warned_no_depth = False
 
         self.image_encoder = FrozenImageEncoder.from_backbone(bb, meta=self.meta)
-        # imitative U-Net: (pretrained 4/9-ch ->) 9 channels, then the 4 depth channels zero-initialised
+        c = self.codec.latent_channels
+        self.layout = imitative_layout(c)
+        # imitative U-Net: (pretrained text-to-image or inpainting ->) the inpainting input, then the depth
+        # channels zero-initialised (a random init too)
         self.unet = widen_conv_in(
-            build_unet(bb["unet"], in_channels=INPAINT_CHANNELS, meta=self.meta, init=unet_init), IMITATIVE_CHANNELS
+            build_unet(bb["unet"], layout=inpaint_layout(c), meta=self.meta, init=unet_init), self.layout.in_channels
         )
+        self.layout.check(self.unet, "mimicbrush imitative U-Net")
         cross_dim = int(self.unet.config.cross_attention_dim)
         self.reference_unet = build_unet(
-            dict(reference_unet or bb["unet"]), in_channels=4, cross_attention_dim=cross_dim, meta=self.meta
+            dict(reference_unet or bb["unet"]), layout=text_to_image_layout(c), cross_attention_dim=cross_dim,
+            meta=self.meta
         )
         if int(self.reference_unet.config.cross_attention_dim) != cross_dim:
             raise ValueError(
@@ -373,9 +376,7 @@ class MimicBrush(LatentEditModule):
             self.image_encoder.hidden_size, cross_dim, device="meta" if self.meta else None
         )
         with torch.device("meta" if self.meta else "cpu"):
-            self.depth_guider = DepthGuider(
-                self.codec.downsample, out_channels=IMITATIVE_CHANNELS - INPAINT_CHANNELS
-            )
+            self.depth_guider = DepthGuider(self.codec.downsample, out_channels=self.layout.width("depth"))
         self.depth_estimator = self._build_estimator(depth_estimator)
 
         # reference injection: reference mid/up blocks write, the imitative ones with the same names read

@@ -1,7 +1,7 @@
 """Paint-by-Example (Yang et al., CVPR 2023): exemplar-based inpainting (spec: shared/specs/paint_by_example.md).
 
-UNet input = cat([noisy latent 4, masked-image latent 4, mask 1]) in PbE's (and diffusers') order, with PbE's
-mask convention inside this module: 1 = keep. Project batches use 1 = edit; `pbe_keep_mask` converts.
+UNet input = cat([noisy latent, masked-image latent, mask 1]) in PbE's (and diffusers') order (`pbe_layout`:
+4 + 4 + 1 with SD's VAE), with PbE's mask convention inside this module: 1 = keep. Project batches use 1 = edit; `pbe_keep_mask` converts.
 
 The exemplar goes through a *content bottleneck*: frozen CLIP vision tower -> pooled (post-layernorm) CLS ->
 mapper of pre-LN transformer blocks -> LayerNorm -> projection to the UNet's context width = one token. The
@@ -27,6 +27,7 @@ from diffusers import UNet2DConditionModel
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from refedit.backbone.encoders import clip_image_processor, clip_image_processor_class
+from refedit.backbone.latents import InputLayout, inpaint_layout, latent_mask
 from refedit.backbone.loading import ComponentLoadError, load_component
 from refedit.backbone.unet import build_unet, init_spec
 from refedit.data.reference_augment import ReferenceAugment
@@ -46,6 +47,12 @@ def pbe_keep_mask(mask: torch.Tensor) -> torch.Tensor:
     """Project mask (1 = edit) -> PbE's keep mask (1 = keep), binarised as diffusers' PbE pipeline does
     (`1 - m`, then >= 0.5 -> 1)."""
     return ((1 - mask.float()) >= 0.5).float()
+
+
+def pbe_layout(latent_channels: int) -> InputLayout:
+    """PbE's U-Net input: noisy latent, masked-image latent, keep mask (SD: 4 + 4 + 1)."""
+    c = int(latent_channels)
+    return InputLayout((("latent", c), ("masked_image", c), ("keep_mask", 1)), "Paint-by-Example")
 
 
 def derived_mapper_blocks(num_clip_layers: int) -> int:
@@ -108,15 +115,19 @@ def build_exemplar_encoder(clip: CLIPVisionModelWithProjection, proj_size: int,
 
 
 def sd_inpaint_conv_in_to_pbe(unet: UNet2DConditionModel) -> None:
-    """Reuse SD-inpainting weights: their conv_in reads [z, mask(1 = edit), masked latent]; PbE reads
-    [z, masked latent, keep = 1 - mask]. Channels are permuted and the mask weights negated, their sum moving
-    into the bias (exact away from the zero-padded latent border; fine-tuning absorbs the rest)."""
+    """Reuse SD-inpainting weights: their conv_in reads [z, mask(1 = edit), masked latent] (`inpaint_layout`);
+    PbE reads [z, masked latent, keep = 1 - mask] (`pbe_layout`). Channels are permuted and the mask weights
+    negated, their sum moving into the bias (exact away from the zero-padded latent border; fine-tuning absorbs
+    the rest)."""
+    c = int(unet.config.out_channels)
+    src, dst = inpaint_layout(c), pbe_layout(c)
+    src.check(unet, "sd_inpaint_conv_in_to_pbe")
     conv = unet.conv_in
     with torch.no_grad():
         w = conv.weight.clone()
-        conv.weight[:, 4:8] = w[:, 5:9]
-        conv.weight[:, 8:9] = -w[:, 4:5]
-        conv.bias += w[:, 4].sum(dim=(-1, -2))
+        conv.weight[:, dst.slice("masked_image")] = w[:, src.slice("masked_image")]
+        conv.weight[:, dst.slice("keep_mask")] = -w[:, src.slice("mask")]
+        conv.bias += w[:, src.slice("mask")].sum(dim=(1, 2, 3))
 
 
 def clip_tensor_preprocess(images: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -142,12 +153,13 @@ class PaintByExample(LatentEditModule):
     def build(self, mapper_blocks: int | None = 5, cond_drop_mode: str = "per_sample",
               reference_augment: bool = False, init_from: str | None = None,
               unet_init: str = "text_to_image") -> None:
-        """`unet_init`: the paper fine-tunes SD-1.4 text-to-image with conv_in widened to 9 channels;
+        """`unet_init`: the paper fine-tunes SD-1.4 text-to-image with conv_in widened to `pbe_layout`;
         `inpainting` starts from SD-inpainting instead (its mask channel moved to PbE's place)."""
         if cond_drop_mode not in DROP_MODES:
             raise ValueError(f"method.cond_drop_mode must be one of {DROP_MODES}, got {cond_drop_mode!r}")
         self.cond_drop_mode = cond_drop_mode
         bb = self.backbone_cfg
+        self.layout = pbe_layout(self.codec.latent_channels)
         if init_from:
             self.unet, self.image_encoder = self._load_pbe_dir(init_from)
         else:
@@ -175,14 +187,13 @@ class PaintByExample(LatentEditModule):
         if spec.get("pretrained") and not self.meta:
             cfg = UNet2DConditionModel.load_config(os.path.expanduser(str(spec["pretrained"])),
                                                    subfolder=spec.get("subfolder"))
-            inpaint_weights = int(cfg.get("in_channels", 4)) == 9
-        unet = build_unet(spec, in_channels=9, meta=self.meta)
+            inpaint_weights = int(cfg.get("in_channels", 0)) == inpaint_layout(self.codec.latent_channels).in_channels
+        unet = build_unet(spec, layout=self.layout, meta=self.meta)
         if inpaint_weights:
             sd_inpaint_conv_in_to_pbe(unet)
         return unet
 
-    @staticmethod
-    def _load_pbe_dir(path: str | os.PathLike) -> tuple[UNet2DConditionModel, PaintByExampleImageEncoder]:
+    def _load_pbe_dir(self, path: str | os.PathLike) -> tuple[UNet2DConditionModel, PaintByExampleImageEncoder]:
         """unet/ and image_encoder/ of a Paint-by-Example directory (the released checkpoint's layout)."""
         root = Path(os.path.expanduser(str(path)))
         for sub in ("unet", "image_encoder"):
@@ -191,8 +202,7 @@ class PaintByExample(LatentEditModule):
                                          f"released Paint-by-Example checkpoint or of `refedit.export`)")
         unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet")
         enc = PaintByExampleImageEncoder.from_pretrained(root, subfolder="image_encoder")
-        if unet.config.in_channels != 9:
-            raise ValueError(f"method.init_from={root}: unet has {unet.config.in_channels} input channels, PbE needs 9")
+        self.layout.check(unet, f"method.init_from={root}")
         if enc.proj_out.out_features != unet.config.cross_attention_dim:
             raise ValueError(f"method.init_from={root}: image_encoder projects to {enc.proj_out.out_features}, "
                              f"unet context width is {unet.config.cross_attention_dim}")
@@ -203,11 +213,6 @@ class PaintByExample(LatentEditModule):
         enc = self.image_encoder
         return [*self.unet.parameters(), *enc.mapper.parameters(), *enc.final_layer_norm.parameters(),
                 *enc.proj_out.parameters(), enc.uncond_vector]
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.image_encoder.model.eval()  # the frozen CLIP tower never switches to train mode
-        return self
 
     # ------------------------------------------------------------------ conditions
     def reference_pixels(self, batch: Mapping[str, Any], train: bool) -> torch.Tensor:
@@ -248,7 +253,7 @@ class PaintByExample(LatentEditModule):
         source = batch["source"]
         keep = pbe_keep_mask(batch["mask"]).to(source.dtype)
         masked_latent = self.codec.encode(source * keep, generator=generator)
-        return torch.cat([masked_latent, F.interpolate(keep, size=masked_latent.shape[-2:])], dim=1)
+        return torch.cat([masked_latent, latent_mask(keep, masked_latent.shape[-2:])], dim=1)
 
     def conditions(self, batch, *, train, generator=None) -> tuple[Cond, Cond | None]:
         concat = self.inpaint_inputs(batch, generator)
@@ -316,5 +321,5 @@ def load_pbe_pipeline(path: str | os.PathLike, **kwargs: Any):
         feature_extractor=clip_image_processor_class().from_pretrained(root, subfolder="feature_extractor"))
 
 
-__all__: Sequence[str] = ("PaintByExample", "build_exemplar_encoder", "load_pbe_pipeline", "pbe_keep_mask",
+__all__: Sequence[str] = ("PaintByExample", "build_exemplar_encoder", "load_pbe_pipeline", "pbe_keep_mask", "pbe_layout",
                           "derived_mapper_blocks")

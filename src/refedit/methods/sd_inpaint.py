@@ -1,11 +1,11 @@
 """Stable-Diffusion inpainting baseline, with an SDEdit mode (spec: shared/specs/sd_inpaint.md).
 
-``mode: inpaint``: UNet input = cat([noisy latent 4, mask 1, masked-image latent 4]) in diffusers' order; mask
-1 = edit; the masked image is the source with the hole set to 0 (mid grey). Text conditioning with caption dropout
+``mode: inpaint``: UNet input = cat([noisy latent, mask 1, masked-image latent]) in diffusers' order
+(`refedit.backbone.latents.inpaint_layout`: 4 + 1 + 4 with SD's VAE); mask 1 = edit; the masked image is the source with the hole set to 0 (mid grey). Text conditioning with caption dropout
 for CFG. Exports a StableDiffusionInpaintPipeline.
 
 ``mode: sdedit`` (Meng et al.; the Magic Fixup paper's baseline at strength 0.4 with the caption): a
-*text-to-image* U-Net (``backbone.unet`` as it is, 4 input channels, no conv_in widening) fine-tuned as
+*text-to-image* U-Net (``backbone.unet`` as it is, the latent's channels in, no conv_in widening) fine-tuned as
 text-to-image (noisy latent + caption); sampling encodes the coarse edit (else the source), noises it to
 ``sampling.strength`` and denoises with the caption. Exports a StableDiffusionImg2ImgPipeline.
 """
@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from refedit.backbone.encoders import FrozenTextEncoder
+from refedit.backbone.latents import inpaint_layout, latent_mask, text_to_image_layout
 from refedit.backbone.unet import build_unet
 from refedit.methods.base import Cond, LatentEditModule
 
@@ -26,12 +26,6 @@ MODES = ("inpaint", "sdedit")
 #: sampling.strength when the config leaves it null: inpainting runs the whole schedule; SDEdit starts at the
 #: Magic Fixup paper's baseline strength
 DEFAULT_STRENGTH = {"inpaint": 1.0, "sdedit": 0.4}
-INPAINT_CHANNELS = 9
-
-
-def latent_mask(mask: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
-    """Pixel mask -> latent-size mask, resized as diffusers' inpainting pipeline does (nearest)."""
-    return F.interpolate(mask.float(), size=latent_hw)
 
 
 class SDInpaint(LatentEditModule):
@@ -49,15 +43,10 @@ class SDInpaint(LatentEditModule):
         if (self.hparams.get("sampling") or {}).get("strength") is None:  # not given: the mode's own
             self.sampling_cfg["strength"] = DEFAULT_STRENGTH[mode]
         self.text_encoder = FrozenTextEncoder.from_backbone(self.backbone_cfg, meta=self.meta)
-        if mode == "sdedit":
-            self.unet = build_unet(self.backbone_cfg["unet"], meta=self.meta, init=init)  # as it is: no widening
-            latent = self.codec.latent_channels
-            if int(self.unet.config.in_channels) != latent:
-                raise ValueError(f"method.mode=sdedit needs a text-to-image U-Net: backbone.unet has "
-                                 f"{self.unet.config.in_channels} input channels, the VAE latent {latent}")
-        else:
-            self.unet = build_unet(self.backbone_cfg["unet"], in_channels=INPAINT_CHANNELS, meta=self.meta,
-                                   init=init)
+        c = self.codec.latent_channels
+        # sdedit: the text-to-image U-Net as it is (a wider pretrained one is refused, not cut)
+        self.layout = text_to_image_layout(c) if mode == "sdedit" else inpaint_layout(c)
+        self.unet = build_unet(self.backbone_cfg["unet"], layout=self.layout, meta=self.meta, init=init)
         if self.backbone_cfg.get("gradient_checkpointing"):
             self.unet.enable_gradient_checkpointing()
 
