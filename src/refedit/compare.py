@@ -1,5 +1,5 @@
 """The comparison: train every method under one budget (a Hydra multirun over method=), run the benchmark,
-write the report. python -m refedit.compare preset=smoke|default [methods=[...]] [checkpoints.<m>=<ckpt>]"""
+write the report. python -m refedit.compare preset=smoke|default [methods=[...]] [+checkpoints.<m>=<ckpt>]"""
 
 from __future__ import annotations
 
