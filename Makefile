@@ -37,7 +37,7 @@ help: ## show this help
 	@echo "             TORCH_SPEC='$(TORCH_SPEC)' TORCH_INDEX='$(TORCH_INDEX)'"
 	@echo "             demo: CKPTS='<dir or ckpt files>' HOST=$(HOST) PORT=$(PORT)"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"

@@ -1,5 +1,5 @@
 """The comparison: train every method under one budget (a Hydra multirun over method=), run the benchmark,
-write the report. python -m refedit.compare preset=smoke|default [methods=[...]] [checkpoints.<m>=<ckpt>]"""
+write the report. python -m refedit.compare preset=smoke|default [methods=[...]] [+checkpoints.<m>=<ckpt>]"""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from refedit.foundations import prepare_foundations
+from refedit.utils.cli import ReportedError, UsageError, report_input_errors
 from refedit.utils.config import CONFIG_DIR
 from refedit.utils.run import task_wrapper
 
@@ -28,7 +29,9 @@ def train_all(methods: list[str], overrides: list[str], sweep_dir: Path, group: 
            f"hydra.sweep.dir={sweep_dir}", f"+logger_group={group}"]
     print("refedit.compare: training", ", ".join(methods), flush=True)
     log.info("running %s", " ".join(cmd))
-    subprocess.run(cmd, check=True)
+    done = subprocess.run(cmd)
+    if done.returncode:  # the training job has printed its own error
+        raise ReportedError(f"training {', '.join(methods)} failed (exit status {done.returncode}), see above")
     ckpts = trained_checkpoints(sweep_dir)
     missing = set(methods) - set(ckpts)
     if missing:
@@ -83,6 +86,9 @@ def compare(cfg: DictConfig) -> Path:
     t_start = time.time()
     out = Path(cfg.paths.output_dir)
     group = f"compare-{cfg.preset.name}-{out.name}"
+    for m, p in (cfg.checkpoints or {}).items():  # before any work: a wrong path must not cost a training run
+        if not Path(str(p)).is_file():
+            raise UsageError(f"checkpoints.{m}={p}: no such file")
     prepare_foundations(cfg)
     features = build_feature_extractor(cfg.features, cfg.features_path, cfg.paths.probe_dir)
     methods = list(cfg.methods)
@@ -138,6 +144,7 @@ def _log_wandb(out: Path, group: str, summary: list[dict[str, Any]]) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="compare")
+@report_input_errors("refedit.compare")
 def main(cfg: DictConfig) -> None:
     compare(cfg)
 

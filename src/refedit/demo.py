@@ -153,9 +153,9 @@ def find_checkpoints(paths: Sequence[str | os.PathLike]) -> list[Path]:
 def default_checkpoints() -> list[Path]:
     """The checkpoints of the newest `make compare` run."""
     from refedit.compare import latest_run_checkpoints
-    from refedit.utils.config import REPO_ROOT
+    from refedit.utils.config import project_root
 
-    root = Path(os.environ.get("REFEDIT_ROOT", str(REPO_ROOT)))
+    root = project_root()
     run, ckpts = latest_run_checkpoints(root / "logs")
     if run is None:
         raise FileNotFoundError(f"no --ckpts given and no `make compare` run with checkpoints under "

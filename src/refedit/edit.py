@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from refedit.utils.cli import UsageError, parse_kv
+from refedit.utils.cli import UsageError, check_writable, parse_kv, report_input_errors
 from refedit.utils.images import (
     InputError,
     image_to_tensor,
@@ -151,6 +151,18 @@ def edit_with_model(model: Any, args: dict[str, str], progress: bool = True) -> 
     return result, orig_hw
 
 
+def check_out(out: str | Path) -> Path:
+    """Fail before any work on an output path that cannot be written or has no writer for its suffix."""
+    from PIL import Image
+
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in CLIP_SUFFIXES and suffix not in Image.registered_extensions():
+        raise InputError(f"out={out}: unknown file type '{suffix}' (an image such as .png, or a clip: "
+                         f"{', '.join(CLIP_SUFFIXES)})")
+    return check_writable(out, "out")
+
+
 def edit_result(args: dict[str, str]) -> tuple[torch.Tensor, Any, tuple | None]:
     """Load the checkpoint and inputs and run the method: (result in [-1,1] before resizing and quantisation,
     the model, the source's original size)."""
@@ -159,6 +171,8 @@ def edit_result(args: dict[str, str]) -> tuple[torch.Tensor, Any, tuple | None]:
     if not Path(args["ckpt"]).is_file():
         raise InputError(f"ckpt={args['ckpt']}: no such file")
     check_files(args)
+    if "out" in args:
+        check_out(args["out"])
     model = load_method(args["ckpt"])
     result, orig_hw = edit_with_model(model, args)
     return result, model, orig_hw
@@ -199,18 +213,12 @@ def _quiet_libraries() -> None:
     diffusers.utils.logging.set_verbosity_error()
 
 
+# one file in, one result out: a ValueError or RuntimeError on the way is about these inputs, not a bug to trace
+@report_input_errors("refedit.edit", extra=(ValueError, RuntimeError))
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
-    try:
-        args = parse_kv(sys.argv[1:] if argv is None else argv, required=("ckpt", "out"), optional=OPTIONS,
-                        prog="refedit.edit")
-        out = run_edit(args)
-    except (UsageError, InputError) as e:
-        print(f"refedit.edit: error: {e}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"refedit.edit: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 1
+    args = parse_kv(sys.argv[1:] if argv is None else argv, required=("ckpt", "out"), optional=OPTIONS)
+    out = run_edit(args)
     print(f"wrote {out}")
     return 0
 

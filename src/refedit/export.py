@@ -9,29 +9,29 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from refedit.utils.cli import parse_kv
+from refedit.utils.cli import UsageError, check_writable, parse_kv, report_input_errors
 
 
 def export(ckpt: str, out: str, format: str = "diffusers", use_ema: bool = True) -> Path:
+    """Write the checkpoint's pipeline to `out` in diffusers layout, weights as safetensors (no pickle)."""
     from refedit.methods import load_method
 
     if format != "diffusers":
-        raise ValueError(f"format={format!r}: only 'diffusers' is supported")
+        raise UsageError(f"format={format!r}: only 'diffusers' is supported")
+    if not Path(ckpt).is_file():
+        raise UsageError(f"ckpt={ckpt}: no such file")
+    out_dir = check_writable(out, "out", directory=True)
     model = load_method(ckpt, use_ema=use_ema)
-    out_dir = Path(out)
     model.export_diffusers(out_dir)
     return out_dir
 
 
+# as refedit.edit: one checkpoint in, one directory out, so a ValueError or RuntimeError is about those
+@report_input_errors("refedit.export", extra=(ValueError, RuntimeError))
 def main(argv: list[str] | None = None) -> int:
-    args = parse_kv(sys.argv[1:] if argv is None else argv, required=("ckpt", "out"),
-                    optional=("format", "use_ema"), prog="refedit.export")
-    try:
-        out = export(args["ckpt"], args["out"], args.get("format", "diffusers"),
-                     args.get("use_ema", "true").lower() != "false")
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"refedit.export: error: {e}", file=sys.stderr)
-        return 2
+    args = parse_kv(sys.argv[1:] if argv is None else argv, required=("ckpt", "out"), optional=("format", "use_ema"))
+    out = export(args["ckpt"], args["out"], args.get("format", "diffusers"),
+                 args.get("use_ema", "true").lower() != "false")
     print(f"exported: {out}")
     return 0
 

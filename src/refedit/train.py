@@ -12,6 +12,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
 from omegaconf import DictConfig, OmegaConf
 
+from refedit.utils.cli import report_input_errors
 from refedit.utils.config import CONFIG_DIR, build_method, to_dict
 from refedit.utils.run import instantiate_dict, task_wrapper
 
@@ -25,9 +26,12 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
         last = output_dir / "checkpoints" / "last.ckpt"
         if not last.is_file():
             raise FileNotFoundError(f"ckpt_path=last: no {last} to resume from (use hydra.run.dir=<old run dir>)")
-        return str(last)
-    if not Path(ckpt_path).is_file():
+        ckpt_path = str(last)
+    elif not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    from refedit.utils.checkpoint import read_checkpoint
+
+    read_checkpoint(ckpt_path, mmap=True)  # a corrupt or refused file stops the run before any model is built
     return ckpt_path
 
 
@@ -76,10 +80,10 @@ def train(cfg: DictConfig) -> str:
     output_dir = Path(cfg.paths.output_dir)
     from refedit.foundations import prepare_foundations
 
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     prepare_foundations(cfg)
     model = build_method(cfg.method, skip_nonfinite=bool(cfg.trainer.get("skip_nonfinite", False)))
     datamodule = build_datamodule(cfg.data, model)  # the method's data transform runs in the data workers
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     resume_from = ckpt_path or _slurm_requeue_checkpoint(output_dir)
     if resume_from and cfg.get("logger") and cfg.logger.get("wandb"):
         run_id = _stored_wandb_id(resume_from)
@@ -122,6 +126,7 @@ def train(cfg: DictConfig) -> str:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+@report_input_errors("refedit.train")
 def main(cfg: DictConfig) -> None:
     train(cfg)
 

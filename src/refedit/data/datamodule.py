@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from refedit.batch import collate_edit
+from refedit.utils.cli import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,9 @@ class EditDataModule(L.LightningDataModule):
         self.sample_transform = sample_transform
         if on_error not in ("skip", "raise"):
             raise ValueError(f"data.on_error must be 'skip' or 'raise', got {on_error!r}")
+        for key, n in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
+            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+                raise UsageError(f"data.{key}={n}: must be a positive integer")
         self.train_cfg, self.val_cfg = train_dataset, val_dataset
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size

@@ -23,13 +23,16 @@ from typing import Any, Literal
 import numpy as np
 from torch.utils.data import Dataset
 
+from refedit.utils.cli import ReportedError
+
 log = logging.getLogger(__name__)
 
 OnError = Literal["skip", "raise"]
 
 
-class DataError(Exception):
-    """A data file (or one record in it) cannot give a correct sample. ``path`` names the file."""
+class DataError(ReportedError):
+    """A data file (or one record in it) cannot give a correct sample. ``path`` names the file (an entry point
+    reports it on one line)."""
 
     reason = "bad data"
     warn = True  # False for expected rejections (filters) that are counted but not worth a warning each
@@ -69,7 +72,7 @@ class PairRejectedError(DataError):
     warn = False
 
 
-class TooManyBadSamplesError(RuntimeError):
+class TooManyBadSamplesError(ReportedError, RuntimeError):
     """Consecutive retries all hit bad data: the dataset (or its config) is broken, not one file."""
 
 

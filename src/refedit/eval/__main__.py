@@ -14,6 +14,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from refedit.utils.cli import report_input_errors
 from refedit.utils.config import CONFIG_DIR
 from refedit.utils.run import task_wrapper
 
@@ -44,6 +45,10 @@ def evaluate_checkpoint(cfg: DictConfig) -> Path:
     from refedit.methods import load_method
 
     out = Path(cfg.paths.output_dir)
+    if cfg.data_dir and not Path(cfg.data_dir).is_dir():  # before loading the model
+        raise FileNotFoundError(f"data_dir={cfg.data_dir}: no such directory")
+    if not Path(cfg.ckpt).is_file():
+        raise FileNotFoundError(f"ckpt={cfg.ckpt}: no such file")
     model = load_method(cfg.ckpt).to("cuda" if torch.cuda.is_available() else "cpu")
     size = int(model.backbone_cfg["resolution"])
     ecfg = OmegaConf.to_container(cfg.eval, resolve=True)
@@ -65,6 +70,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+@report_input_errors("refedit.eval")
 def main(cfg: DictConfig) -> None:
     evaluate_checkpoint(cfg)
 

@@ -320,27 +320,37 @@ def paste_back_feathered(result: torch.Tensor, source: torch.Tensor, mask: torch
 
 def load_method(path: str | os.PathLike, map_location: str | torch.device = "cpu",
                 use_ema: bool = True) -> LatentEditModule:
-    """Rebuild a method from a refedit checkpoint (its class and config are stored in it)."""
-    from refedit.utils.checkpoint import read_checkpoint
+    """Rebuild a method from a refedit checkpoint (its class and config are stored in it). The file is read
+    weights-only, and the class it names must be a LatentEditModule under refedit.methods: a shared file can
+    neither unpickle code nor name another callable to run on its stored arguments."""
+    from refedit.utils.checkpoint import CheckpointError, read_checkpoint
 
     ckpt = read_checkpoint(path, map_location=map_location)
     target = ckpt.get("refedit_method")
     if not target:
-        raise ValueError(f"{path} is not a refedit checkpoint (no 'refedit_method' entry)")
-    mod, _, cls_name = target.rpartition(".")
-    cls = getattr(importlib.import_module(mod), cls_name)
+        raise CheckpointError(f"checkpoint {path} is not a refedit checkpoint (no 'refedit_method' entry)")
+    mod, _, cls_name = str(target).rpartition(".")
+    cls = None
+    if mod.startswith("refedit.methods."):
+        try:
+            cls = getattr(importlib.import_module(mod), cls_name, None)
+        except ImportError:
+            pass
+    if not (isinstance(cls, type) and issubclass(cls, LatentEditModule)):
+        raise CheckpointError(f"checkpoint {path} names '{target}', not a refedit method: refused")
     hp = dict(ckpt.get("hyper_parameters", {}))
     model = cls(**hp)
     stored, now = ckpt.get("refedit_codec"), model.codec_fingerprint()
     if stored and stored != now:
-        from refedit.utils.checkpoint import CheckpointError
-
         raise CheckpointError(f"checkpoint {path} was trained with another VAE than backbone.vae gives now "
                               f"({stored} vs {now}): were the toyworld foundations rebuilt? Retrain, or point "
                               f"backbone.pretrained at the foundations it was trained with")
     state = ckpt["state_dict"]
     if use_ema and "ema_state" in ckpt:  # EMA weights replace the trained ones for inference
         state = {**state, **ckpt["ema_state"]}
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # another method's or a damaged state dict
+        raise CheckpointError(f"checkpoint {path}: {e}") from e
     model.eval()
     return model

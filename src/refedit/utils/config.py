@@ -10,13 +10,27 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-CONFIG_DIR = REPO_ROOT / "conf"
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+REPO_ROOT = PACKAGE_DIR.parents[1]  # the source checkout, when refedit runs from one (see `in_checkout`)
+# An installed wheel carries the configs as refedit/conf (pyproject.toml maps the top-level conf/ there); a
+# source checkout (editable install, or PYTHONPATH=src) reads conf/ itself.
+CONFIG_DIR = PACKAGE_DIR / "conf" if (PACKAGE_DIR / "conf").is_dir() else REPO_ROOT / "conf"
+
+
+def in_checkout() -> bool:
+    return (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "conf").is_dir()
+
+
+def project_root() -> Path:
+    """Where logs/ and .cache/ go (`paths.root_dir`): $REFEDIT_ROOT, else the source checkout refedit runs
+    from, else (an installed package) the current directory."""
+    env = os.environ.get("REFEDIT_ROOT")
+    return Path(env) if env else REPO_ROOT if in_checkout() else Path.cwd()
 
 
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("refedit.root"):
-        OmegaConf.register_new_resolver("refedit.root", lambda: os.environ.get("REFEDIT_ROOT", str(REPO_ROOT)))
+        OmegaConf.register_new_resolver("refedit.root", lambda: str(project_root()))
 
 
 register_resolvers()

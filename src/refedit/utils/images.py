@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from refedit.utils.cli import ReportedError
+
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
     """[-1,1] -> [0,1]"""
@@ -62,7 +64,7 @@ def save_image(x: torch.Tensor, path: str | os.PathLike) -> None:
     Image.fromarray(arr).save(path)
 
 
-class InputError(ValueError):
+class InputError(ReportedError, ValueError):
     """Bad user input: the message names the file or option."""
 
 
