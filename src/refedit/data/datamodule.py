@@ -39,6 +39,28 @@ class TransformedDataset(Dataset):
         return self.transform(self.dataset[index])
 
 
+def set_dataset_epoch(dataset: Any, epoch: int) -> None:
+    """Pass the epoch to every dataset under `dataset` that draws per epoch (`RobustDataset.set_epoch`: masks,
+    crops, augmentations), through the wrappers refedit and torch put around it (`TransformedDataset`,
+    `SkipBadSamples`, `Subset`: `.dataset`; `ConcatDataset`: `.datasets`)."""
+    fn = getattr(dataset, "set_epoch", None)
+    if callable(fn):
+        fn(int(epoch))
+        return
+    inner = getattr(dataset, "datasets", None) or [getattr(dataset, "dataset", None)]
+    for ds in inner:
+        if ds is not None:
+            set_dataset_epoch(ds, epoch)
+
+
+def has_epoch_draws(dataset: Any) -> bool:
+    """Whether some dataset under `dataset` varies its draws with the epoch (see `set_dataset_epoch`)."""
+    if callable(getattr(dataset, "set_epoch", None)):
+        return True
+    inner = getattr(dataset, "datasets", None) or [getattr(dataset, "dataset", None)]
+    return any(ds is not None and has_epoch_draws(ds) for ds in inner)
+
+
 class ResumableSampler(DistributedSampler):
     """Shuffled training order that a resumed run continues exactly.
 
@@ -46,13 +68,19 @@ class ResumableSampler(DistributedSampler):
     epoch's order and skips the samples already trained on (a plain shuffled DataLoader restarts its epoch
     with a new order: Lightning restores the step counter, not the loader's position). Being a
     DistributedSampler, Lightning keeps it under DDP (each rank takes its slice of the same permutation) and
-    calls `set_epoch` on it.
+    calls `set_epoch` on it before each epoch's loader iterator (and its workers) is created; the sampler passes
+    the epoch on to the dataset, so per-epoch draws (masks, augmentations) differ between epochs and a resumed
+    epoch draws what the uninterrupted one did.
     """
 
     def __init__(self, dataset: Dataset, *, num_replicas: int = 1, rank: int = 0, seed: int = 0):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed,
                          drop_last=False)
         self._resume: tuple[int, int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        set_dataset_epoch(self.dataset, epoch)
 
     def resume_at(self, epoch: int, skip: int) -> None:
         """Start at epoch `epoch`, leaving out the first `skip` samples of this rank's slice."""
@@ -120,6 +148,9 @@ class EditDataModule(L.LightningDataModule):
                     epoch, skip = epoch + 1, 0
                 sampler.resume_at(epoch, skip)
                 self._resume = None
+            if self.persistent_workers and has_epoch_draws(ds):
+                log.warning("data.persistent_workers=true: the workers keep their copy of the dataset, so its "
+                            "per-epoch draws (masks, augmentations) repeat every epoch; set it to false")
         # own generator: creating an iterator (workers' base seed) does not draw from the global RNG,
         # so the training noise stream is the same with and without a resume
         return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,

@@ -1,0 +1,73 @@
+"""EditDataModule through a real Lightning loop: per-epoch draws, exact resume across epochs, unknown options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from refedit.data.datamodule import EditDataModule
+from refedit.data.errors import RobustDataset
+
+
+class Draws(RobustDataset):
+    """Each sample is one draw of its per-sample generator: what a mask or an augmentation would be."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def load(self, index: int):
+        return {"target": torch.zeros(1), "meta": {"i": index, "draw": float(self.rng(index).random())}}
+
+
+class Recorder(L.LightningModule):
+    """Records (epoch, index, draw) of every training sample; its one weight never changes (lr 0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.seen: list[tuple[int, int, int, float]] = []
+
+    def training_step(self, batch, batch_idx):
+        for m in batch["meta"]:
+            self.seen.append((self.global_step, self.current_epoch, m["i"], m["draw"]))
+        return (self.w * batch["target"]).sum() + self.w.sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def _fit(tmp: Path, *, ckpt_path: str | None = None, **trainer_kw) -> Recorder:
+    model = Recorder()
+    save = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp, every_n_train_steps=6, save_top_k=-1, save_last=False)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[save], num_sanity_val_steps=0, **trainer_kw)
+    trainer.fit(model, datamodule=EditDataModule(train_dataset=Draws(seed=5), batch_size=2, seed=3),
+                ckpt_path=ckpt_path)
+    return model
+
+
+def test_each_epoch_draws_anew_and_a_resume_mid_epoch_draws_the_same(tmp_path):
+    straight = _fit(tmp_path / "straight", max_epochs=2)
+    by_epoch = {e: {i: d for _, ep, i, d in straight.seen if ep == e} for e in (0, 1)}
+    assert sorted(by_epoch[0]) == sorted(by_epoch[1]) == list(range(8))  # every sample once per epoch
+    same = [i for i in range(8) if by_epoch[0][i] == by_epoch[1][i]]
+    assert not same, f"samples {same} drew the same in epoch 1 as in epoch 0 (dataset epoch not set)"
+
+    first = _fit(tmp_path / "split", max_steps=6)  # stops inside epoch 1 (4 steps per epoch)
+    ckpt = next((tmp_path / "split").glob("*step=6.ckpt"))
+    second = _fit(tmp_path / "resumed", max_epochs=2, ckpt_path=str(ckpt))
+    assert [s for s in first.seen if s[0] < 6] + second.seen == straight.seen
+
+
+def test_the_epoch_reaches_datasets_inside_wrappers():
+    from torch.utils.data import ConcatDataset, Subset
+
+    from refedit.data.datamodule import ResumableSampler, TransformedDataset
+    from refedit.data.errors import SkipBadSamples
+
+    inner = [Draws(), Draws(seed=1)]
+    wrapped = TransformedDataset(ConcatDataset([SkipBadSamples(inner[0]), Subset(inner[1], [0, 1])]), dict)
+    ResumableSampler(wrapped).set_epoch(4)
+    assert [d.epoch for d in inner] == [4, 4]
