@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 
 from refedit.data.datamodule import EditDataModule
@@ -71,3 +72,68 @@ def test_the_epoch_reaches_datasets_inside_wrappers():
     wrapped = TransformedDataset(ConcatDataset([SkipBadSamples(inner[0]), Subset(inner[1], [0, 1])]), dict)
     ResumableSampler(wrapped).set_epoch(4)
     assert [d.epoch for d in inner] == [4, 4]
+
+
+# ----------------------------------------------------------------------------------------------- unknown keys
+DATA_CONFIGS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "data").glob("*.yaml")
+                      if p.stem != "datamodule")
+PATHS = ["annotations", "image_root", "val_annotations", "val_image_root", "boxes_csv", "val_boxes_csv", "root",
+         "val_root"]
+
+
+@pytest.mark.parametrize("name", DATA_CONFIGS)
+def test_every_data_config_passes_the_unknown_key_check(name):
+    from refedit.data.datamodule import build_datamodule
+    from refedit.utils.config import compose
+
+    cfg = compose("train", [f"data={name}", "paths.output_dir=/tmp/x"])
+    paths = [f"data.{k}=/nowhere/{k}" for k in PATHS if k in cfg.data.keys()]
+    dm = build_datamodule(compose("train", [f"data={name}", "paths.output_dir=/tmp/x", *paths]).data)
+    assert isinstance(dm, EditDataModule) and dm.task == cfg.method.task
+
+
+@pytest.mark.parametrize("override, named", [("+data.batchsize=4", "batchsize"), ("+data.szie=32", "szie")])
+def test_a_mistyped_data_option_is_an_error_naming_it_and_the_allowed_ones(override, named):
+    from refedit.data.datamodule import build_datamodule
+    from refedit.utils.config import compose
+
+    cfg = compose("train", ["paths.output_dir=/tmp/x", override])
+    with pytest.raises(KeyError, match=rf"data: unknown key\(s\) \['{named}'\]") as err:
+        build_datamodule(cfg.data)
+    assert "'batch_size'" in str(err.value) and "'size'" in str(err.value)  # the arguments and the variables
+    with pytest.raises(TypeError, match="batchsize"):
+        EditDataModule(batchsize=4)  # built directly, as well
+
+
+def test_a_mistyped_trainer_option_is_an_error():
+    from refedit.train import trainer_arguments
+    from refedit.utils.config import compose
+
+    assert "skip_nonfinite" not in trainer_arguments(compose("train", ["paths.output_dir=/tmp/x"]).trainer)
+    cfg = compose("train", ["paths.output_dir=/tmp/x", "+trainer.max_step=3"])
+    with pytest.raises(KeyError, match=r"trainer: unknown key\(s\) \['max_step'\].*'max_steps'.*skip_nonfinite"):
+        trainer_arguments(cfg.trainer)
+
+
+class Method:
+    """Stands in for a method class: what build_method passes it."""
+
+    def __init__(self, backbone: dict, lr: float = 1e-4):
+        self.backbone, self.lr = backbone, lr
+
+
+def test_method_configs_pass_no_preset_keys_and_refuse_unknown_ones():
+    from refedit.utils.config import build_method
+
+    target = f"{__name__}.Method"
+    m = build_method({"_target_": target, "backbone": {}, "lr": 3e-4, "smoke": {"batch_size": 2}})
+    assert m.lr == 3e-4  # built: `smoke` (the preset's budget) is not an argument
+    with pytest.raises(KeyError, match=r"method: unknown key\(s\) \['lrr'\]; Method has \['backbone', 'lr'\]"):
+        build_method({"_target_": target, "backbone": {}, "lrr": 3e-4})
+
+
+def test_a_real_methods_arguments_include_its_build_options():
+    from refedit.methods.sd_inpaint import SDInpaint
+    from refedit.utils.config import method_arguments
+
+    assert {"backbone", "optimizer", "sampling", "mode", "full_mask_prob", "unet_init"} <= method_arguments(SDInpaint)

@@ -47,6 +47,24 @@ def _slurm_requeue_checkpoint(output_dir: Path) -> str | None:
     return str(found[-1]) if found else None
 
 
+#: trainer config keys refedit reads itself (never passed to lightning's Trainer): `skip_nonfinite` is handed to the
+#: method, whose training step skips non-finite losses
+TRAINER_OWN_KEYS = ("skip_nonfinite",)
+
+
+def trainer_arguments(trainer_cfg: DictConfig) -> dict:
+    """The `trainer` config as lightning.Trainer's arguments; a key the Trainer does not take is an error."""
+    from hydra.utils import get_class
+
+    from refedit.utils.config import check_known_keys, named_parameters
+
+    d = {k: v for k, v in to_dict(trainer_cfg).items() if k not in TRAINER_OWN_KEYS}
+    target = d.get("_target_", "lightning.pytorch.Trainer")
+    known = named_parameters(get_class(target))
+    check_known_keys(d, known, "trainer", target, f", and refedit's own {list(TRAINER_OWN_KEYS)}")
+    return d
+
+
 class FinalCheckpoint(Checkpoint):
     """Writes final.ckpt when training ends, inside the training process(es): after `fit` returns, a ddp_spawn
     parent holds only the weights (no step, optimiser, EMA or RNG state), and every rank must join a save."""
@@ -95,7 +113,7 @@ def train(cfg: DictConfig) -> str:
         from lightning.pytorch.callbacks import LearningRateMonitor
 
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
-    trainer_cfg = {k: v for k, v in to_dict(cfg.trainer).items() if k != "skip_nonfinite"}
+    trainer_cfg = trainer_arguments(cfg.trainer)
     method_id = f"{type(model).__module__}.{type(model).__qualname__}"
     trainer: L.Trainer = instantiate(trainer_cfg, logger=loggers or False, callbacks=callbacks,
                                      plugins=[AtomicCheckpointIO(expect_method=method_id)], _convert_="all")
