@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -9,16 +10,33 @@ import numpy as np
 import torch
 
 
+def clip_to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """(F,3,H,W) in [0,1] -> uint8 (F,H,W,3)."""
+    return (frames.detach().float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def _save_gif(arr: np.ndarray, target, fps: int) -> None:
+    from PIL import Image
+
+    ims = [Image.fromarray(f) for f in arr]
+    ims[0].save(target, format="GIF", save_all=True, append_images=ims[1:], duration=int(1000 / fps), loop=0)
+
+
+def gif_bytes(frames: torch.Tensor, fps: int = 4) -> io.BytesIO:
+    """frames (F,3,H,W) in [0,1] -> an in-memory looping GIF (what W&B shows without moviepy / imageio)."""
+    buf = io.BytesIO()
+    _save_gif(clip_to_uint8(frames), buf, fps)
+    buf.seek(0)
+    return buf
+
+
 def write_clip(frames: torch.Tensor, path: str | os.PathLike, fps: int = 8) -> None:
     """frames (F,3,H,W) in [0,1] -> .mp4 (H.264 via PyAV) or .gif."""
-    arr = (frames.detach().float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8).transpose(0, 2, 3, 1)
+    arr = clip_to_uint8(frames)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     if p.suffix.lower() == ".gif":
-        from PIL import Image
-
-        ims = [Image.fromarray(f) for f in arr]
-        ims[0].save(p, save_all=True, append_images=ims[1:], duration=int(1000 / fps), loop=0)
+        _save_gif(arr, p, fps)
         return
     import av
 
