@@ -14,9 +14,20 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 CONFIG_DIR = REPO_ROOT / "conf"
 
 
+def default_precision(accelerator: str = "auto") -> str:
+    """`trainer.precision` by default: bf16-mixed where training runs on a CUDA GPU with bf16 (accelerator auto,
+    gpu or cuda), 32-true elsewhere (the CPU, and GPUs without bf16, where fp16 would need loss scaling)."""
+    import torch
+
+    on_cuda = str(accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if on_cuda and torch.cuda.is_bf16_supported() else "32-true"
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("refedit.root"):
         OmegaConf.register_new_resolver("refedit.root", lambda: os.environ.get("REFEDIT_ROOT", str(REPO_ROOT)))
+    if not OmegaConf.has_resolver("refedit.precision"):
+        OmegaConf.register_new_resolver("refedit.precision", default_precision)
 
 
 register_resolvers()
