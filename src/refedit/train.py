@@ -78,8 +78,24 @@ class FinalCheckpoint(Checkpoint):
         self.written = True
 
 
-@task_wrapper
 def train(cfg: DictConfig) -> str:
+    """Train one method; returns its final checkpoint's path."""
+    return train_with_metrics(cfg)[0]
+
+
+def metric_value(metrics: dict[str, float], name: str | None) -> float | None:
+    """The value of `optimized_metric` (what a Hydra sweeper such as Optuna optimises), None when unset."""
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(f"optimized_metric={name}: not logged by this run (logged: {sorted(metrics)}); validation "
+                       f"logs val/loss every trainer.val_check_interval steps")
+    return metrics[name]
+
+
+@task_wrapper
+def train_with_metrics(cfg: DictConfig) -> tuple[str, dict[str, float]]:
+    """Train one method; returns its final checkpoint's path and the last logged metrics (`callback_metrics`)."""
     from hydra.utils import instantiate
     from lightning.pytorch.utilities.exceptions import SIGTERMException
     from omegaconf import open_dict
@@ -105,6 +121,11 @@ def train(cfg: DictConfig) -> str:
             with open_dict(cfg):
                 cfg.logger.wandb.id = run_id
                 cfg.logger.wandb.resume = "allow"
+    from refedit.utils.tracking import configure_wandb_node, hydra_choice
+
+    configure_wandb_node(cfg, str(cfg.method.get("name") or "train"),
+                         preset=cfg.get("logger_preset") or hydra_choice("experiment") or "none",
+                         backbone=hydra_choice("backbone") or cfg.backbone.get("name"))
     loggers = instantiate_dict(cfg.get("logger"))
     final = output_dir / "checkpoints" / "final.ckpt"
     final_cb = FinalCheckpoint(final)
@@ -119,7 +140,7 @@ def train(cfg: DictConfig) -> str:
                                      plugins=[AtomicCheckpointIO(expect_method=method_id)], _convert_="all")
     composed = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
                 for k in cfg if k != "hydra"}
-    for lg in loggers:
+    for lg in loggers:  # the one hyperparameter record (methods save theirs with logger=False)
         lg.log_hyperparams(composed)
     started = time.time()
     try:
@@ -136,12 +157,15 @@ def train(cfg: DictConfig) -> str:
         trainer.save_checkpoint(final)
     log.info("checkpoint: %s", final)
     print(f"checkpoint: {final}", flush=True)
-    return str(final)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+    return str(final), metrics
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-def main(cfg: DictConfig) -> None:
-    train(cfg)
+def main(cfg: DictConfig) -> float | None:
+    """Returns the value of `optimized_metric` for sweepers that optimise (conf/hparams_search/)."""
+    _, metrics = train_with_metrics(cfg)
+    return metric_value(metrics, cfg.get("optimized_metric"))
 
 
 if __name__ == "__main__":

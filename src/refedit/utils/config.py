@@ -28,6 +28,10 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("refedit.root", lambda: os.environ.get("REFEDIT_ROOT", str(REPO_ROOT)))
     if not OmegaConf.has_resolver("refedit.precision"):
         OmegaConf.register_new_resolver("refedit.precision", default_precision)
+    if not OmegaConf.has_resolver("refedit.wandb_offline"):
+        from refedit.utils.tracking import wandb_offline
+
+        OmegaConf.register_new_resolver("refedit.wandb_offline", wandb_offline)
 
 
 register_resolvers()
