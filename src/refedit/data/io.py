@@ -2,8 +2,8 @@
 
 Readers return numpy arrays (uint8 RGB images, bool masks, float32 depth) and raise a
 :class:`~refedit.data.errors.DataError` naming the file when it is missing or cannot be decoded, so
-that the skip mechanism can count it. Conversions to the batch schema (float [-1, 1], masks {0, 1})
-live here too, so every loader produces the same tensors.
+that the skip mechanism can count it. Conversions to the batch schema (float [-1, 1], masks {0, 1}) are
+`refedit.utils.images`' (one convention for data loaders and user inputs), re-exported here.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from refedit.data.errors import AnnotationError, CorruptFileError, MissingFileError
+from refedit.utils.images import binary_mask, image_to_tensor, mask_to_tensor  # noqa: F401 - the loaders' converters
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v")
@@ -52,13 +53,9 @@ def _read_single_channel(path: PathLike) -> np.ndarray:
 
 
 def read_mask(path: PathLike) -> np.ndarray:
-    """Bool (H, W), True = edit. 8-bit masks use 255 = edit (threshold 127); 0/1 masks are accepted too."""
-    m = _read_single_channel(path)
-    if m.dtype == np.uint16:
-        return m > 32767
-    if m.dtype == np.bool_:
-        return m
-    return m > 0 if m.max() <= 1 else m > 127
+    """Bool (H, W), True = edit, by the one mask convention (`refedit.utils.images.binary_mask`: 8-bit masks
+    255 = edit, threshold 128; 16-bit 32768; 0/1 masks accepted too)."""
+    return binary_mask(_read_single_channel(path))
 
 
 def read_label_map(path: PathLike) -> np.ndarray:
@@ -175,21 +172,10 @@ def list_files(folder: Path, exts: Sequence[str]) -> list[Path]:
 # ---------------------------------------------------------------------------------------- tensors
 
 
-def image_to_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W, 3) -> float32 (3, H, W) in [-1, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
-    return t.div_(127.5).sub_(1.0)
-
-
 def video_to_tensor(frames: np.ndarray) -> torch.Tensor:
     """uint8 (F, H, W, 3) -> float32 (F, 3, H, W) in [-1, 1]."""
     t = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
     return t.div_(127.5).sub_(1.0)
-
-
-def mask_to_tensor(mask: np.ndarray) -> torch.Tensor:
-    """bool/0-1 (H, W) -> float32 (1, H, W) in {0, 1}."""
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(mask) > 0)).float()[None]
 
 
 def depth_to_tensor(depth: np.ndarray) -> torch.Tensor:
