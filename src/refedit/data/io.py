@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 
 from refedit.data.errors import AnnotationError, CorruptFileError, MissingFileError
 from refedit.utils.images import binary_mask, image_to_tensor, mask_to_tensor  # noqa: F401 - the loaders' converters
+from refedit.utils.video import write_video  # noqa: F401 - the one encoder, for the loaders' tests and synthetic data
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v")
@@ -127,32 +128,6 @@ def write_mask(path: PathLike, mask: np.ndarray) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), (np.asarray(mask) > 0).astype(np.uint8) * 255):
         raise OSError(f"could not write {path}")
-
-
-def write_video(path: PathLike, frames: Iterable[np.ndarray], fps: float = 24.0, *, crf: int = 12,
-                codec: str = "libx264", gop: int = 12) -> None:
-    """Encode RGB uint8 frames with PyAV (H.264 yuv420p by default; even sizes required)."""
-    from fractions import Fraction
-
-    import av
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as c:
-        stream = None
-        for fr in frames:
-            if stream is None:
-                stream = c.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-                stream.height, stream.width = fr.shape[:2]
-                stream.pix_fmt = "yuv420p"
-                if codec == "libx264":
-                    stream.options = {"crf": str(crf), "preset": "veryfast", "g": str(gop)}
-                elif codec.startswith("libvpx"):
-                    stream.options = {"crf": str(crf), "b:v": "0", "g": str(gop)}
-            for pkt in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(fr), format="rgb24")):
-                c.mux(pkt)
-        if stream is not None:
-            for pkt in stream.encode():
-                c.mux(pkt)
 
 
 def find_with_stem(folder: Path, stems: Sequence[str], exts: Sequence[str] = IMAGE_EXTS) -> Path | None:
