@@ -137,3 +137,34 @@ def test_a_real_methods_arguments_include_its_build_options():
     from refedit.utils.config import method_arguments
 
     assert {"backbone", "optimizer", "sampling", "mode", "full_mask_prob", "unet_init"} <= method_arguments(SDInpaint)
+
+
+def _shipped(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / group).glob("*.yaml"))
+
+
+def test_every_shipped_method_experiment_and_trainer_passes_the_checks():
+    """The checks refuse only mistakes: every method (alone and under experiment=smoke), every experiment preset
+    and every trainer preset composes into arguments its classes take."""
+    from hydra.utils import get_class
+
+    from refedit.data.datamodule import interpolated_keys
+    from refedit.train import trainer_arguments
+    from refedit.utils.config import (
+        METHOD_PRESET_KEYS,
+        check_known_keys,
+        compose,
+        method_arguments,
+        named_parameters,
+    )
+
+    runs = [[f"method={m}", *e] for m in _shipped("method") for e in ([], ["experiment=smoke"])]
+    runs += [[f"experiment={e}"] for e in _shipped("experiment") if e != "smoke"]
+    runs += [[f"trainer={t}"] for t in _shipped("trainer")]
+    for ov in runs:
+        cfg = compose("train", ["paths.output_dir=/tmp/x", *ov])
+        cls = get_class(cfg.method._target_)
+        check_known_keys(set(cfg.method) - set(METHOD_PRESET_KEYS), method_arguments(cls), f"{ov}: method", "")
+        trainer_arguments(cfg.trainer)
+        dm = named_parameters(get_class(cfg.data._target_))
+        check_known_keys(set(cfg.data.keys()), dm | interpolated_keys(cfg, "data"), f"{ov}: data", "")
