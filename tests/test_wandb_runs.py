@@ -68,3 +68,17 @@ def test_a_sweep_shares_a_group_and_names_each_run_by_its_learning_rate(random_p
     # the composed config once (no second copy of the method's own arguments at the top), media via log_image
     assert {"method", "data", "trainer"} <= a["config"] and "cond_drop_prob" not in a["config"]
     assert "images/grid" in a["history"]
+
+
+def test_the_comparison_run_is_a_compare_job_with_its_preset_and_backbones(tmp_path, monkeypatch):
+    from refedit.compare import _log_wandb
+    from refedit.eval.report import summarize
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    rows = [{"method": "sd_inpaint", "task": "exemplar_inpaint", "sample_id": f"s{i}", "psnr_in": 20.0 + i}
+            for i in range(3)]
+    (tmp_path / "plots").mkdir()
+    _log_wandb(tmp_path, "compare-smoke-run1", summarize(rows), tags=["preset:smoke", "backbone:tiny"])
+    (run,) = (read_run(r) for r in (tmp_path / "wandb").glob("offline-run-*"))
+    assert (run["name"], run["group"], run["job_type"]) == ("comparison", "compare-smoke-run1", "compare")
+    assert run["tags"] == ["preset:smoke", "backbone:tiny"] and "compare/summary" in run["history"]
