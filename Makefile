@@ -20,7 +20,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 export GOMP_SPINCOUNT ?= 10000
-export WANDB_MODE ?= offline
+# the one W&B switch (read by refedit itself): REFEDIT_WANDB_OFFLINE=false make train logs online
+export REFEDIT_WANDB_OFFLINE ?= true
 export WANDB_SILENT ?= true
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
@@ -68,7 +69,7 @@ compare: $(STAMP) ## train + benchmark every method on toyworld: make compare [P
 demo: $(STAMP) ## web editor on http://$(HOST):$(PORT): make demo [CKPTS="<dir or ckpts>"] (default: latest compare run)
 	$(PY) -m refedit.demo $(if $(CKPTS),--ckpts $(CKPTS),) --host $(HOST) --port $(PORT) $(ARGS)
 
-sweep: $(STAMP) ## Hydra multirun: make sweep METHOD=sd_inpaint ARGS='method.optimizer.lr=1e-4,3e-4'
+sweep: $(STAMP) ## Hydra multirun: make sweep METHOD=sd_inpaint ARGS='method.optimizer.lr=1e-4,3e-4' (or ARGS='hparams_search=optuna')
 	$(PY) -m refedit.train -m method=$(METHOD) $(preset_arg) $(ARGS)
 
 bench: $(STAMP) ## speed/FLOP benchmarks: prints `name: value` lines

@@ -95,6 +95,11 @@ def test_eval_cli_on_toyworld_cocoee_export(random_parts, tmp_path, untrained_pr
     assert {r["method"] for r in rows} == {"sd_inpaint", "paste", "blur_fill"}
     assert all(r["task"] == "exemplar_inpaint" for r in rows)
     assert "report:" in res.stdout
+    from wandb_files import read_run
+
+    (run,) = (read_run(r) for r in (tmp_path / "eval" / "wandb").glob("offline-run-*"))
+    assert run["job_type"] == "eval" and run["name"].startswith("sd_inpaint") and "backbone:tiny" in run["tags"]
+    assert {"eval/summary", "eval/exemplar_inpaint_samples"} <= run["history"]  # the table and the sample grid
 
 
 class _OwnPasteBack:

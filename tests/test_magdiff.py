@@ -387,10 +387,10 @@ def test_logged_clips_are_gifs_without_moviepy():
     import wandb
     from PIL import Image
 
-    from refedit.callbacks.image_logger import _gif_bytes
+    from refedit.utils.video import gif_bytes
 
     clip = torch.rand(F_, 3, 16, 24)
-    buf = _gif_bytes(clip)
+    buf = gif_bytes(clip)
     with Image.open(buf) as im:
         assert im.format == "GIF" and im.n_frames == F_ and im.size == (24, 16)
     buf.seek(0)

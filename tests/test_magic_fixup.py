@@ -501,16 +501,15 @@ def test_full_size_sd14_on_meta():
 
 def test_toyworld_video_mix_data_config(tmp_path):
     """The mixed data config yields batches with every key the method trains on, from both sources."""
-    from hydra.utils import instantiate
-
     from refedit.batch import validate_sample
+    from refedit.data.datamodule import build_datamodule
     from refedit.data.synthetic import write_video_folder
     from refedit.utils.config import compose
 
     root = write_video_folder(tmp_path / "videos", videos=2, size=(128, 128), frames=48)
     cfg = compose("train", ["method=magic_fixup", "data=toyworld_video_mix", f"data.root={root}",
                             "data.toyworld_length=3", "data.samples_per_video=2", "data.batch_size=7"])
-    dm = instantiate(cfg.data, _convert_="all")
+    dm = build_datamodule(cfg.data)
     dm.setup()
     assert len(dm.train_set) == 7
     batch = dm.train_set.datasets[1][0]

@@ -561,14 +561,13 @@ def test_mimicbrush_pairs_video_and_pseudo_pairs():
 
 
 def test_data_config_yields_mimicbrush_batches():
-    from hydra.utils import instantiate
-
     from refedit.batch import validate_sample
+    from refedit.data.datamodule import build_datamodule
     from refedit.data.mimicbrush_pairs import MimicBrushPairs
     from refedit.utils.config import compose
 
     cfg = compose("train", ["method=mimicbrush", "data=toyworld_mimicbrush", "data.batch_size=4"])
-    dm = instantiate(cfg.data, _recursive_=False, _convert_="all")
+    dm = build_datamodule(cfg.data)
     dm.setup()
     assert isinstance(dm.train_set, MimicBrushPairs) and dm.train_set.video_ratio == 0.7
     assert dm.train_set.video.task == "reference_imitation"

@@ -79,11 +79,10 @@ def tiny_cfg(parts: str, out: Path, method: str, *extra: str, smoke: bool = True
 
 def method_batches(cfg, n: int, start: int = 0) -> list[dict[str, Any]]:
     """`n` training batches from the composed data config (the real pipeline: dataset + collate)."""
-    from hydra.utils import instantiate
-
     from refedit.batch import collate_edit
+    from refedit.data.datamodule import build_datamodule
 
-    dm = instantiate(cfg.data, _recursive_=False, _convert_="all")
+    dm = build_datamodule(cfg.data)
     dm.setup("fit")
     bs = dm.batch_size
     return [collate_edit([dm.train_set[start + i * bs + j] for j in range(bs)]) for i in range(n)]
@@ -187,7 +186,9 @@ def lightning_step_times(
     clock = StepClock(None if paired is None else lambda i: paired(batches[i % len(batches)]))
     loggers = instantiate_dict(cfg.get("logger"))
     callbacks = [*instantiate_dict(cfg.get("callbacks")), clock]
-    trainer_cfg = {k: v for k, v in to_dict(cfg.trainer).items() if k != "skip_nonfinite"}
+    from refedit.train import trainer_arguments
+
+    trainer_cfg = trainer_arguments(cfg.trainer)
     trainer_cfg["max_steps"] = warmup + n + 1
     trainer = instantiate(
         trainer_cfg,

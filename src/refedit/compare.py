@@ -23,10 +23,13 @@ from refedit.utils.run import task_wrapper
 log = logging.getLogger("refedit.compare")
 
 
-def train_all(methods: list[str], overrides: list[str], sweep_dir: Path, group: str) -> dict[str, str]:
-    """One Hydra multirun over method=; returns method -> final checkpoint."""
+def train_all(methods: list[str], overrides: list[str], sweep_dir: Path, group: str,
+              preset: str | None = None) -> dict[str, str]:
+    """One Hydra multirun over method= (its W&B runs in `group`, tagged with the comparison's `preset`); returns
+    method -> final checkpoint."""
     cmd = [sys.executable, "-m", "refedit.train", "-m", f"method={','.join(methods)}", *overrides,
-           f"hydra.sweep.dir={sweep_dir}", f"+logger_group={group}"]
+           f"hydra.sweep.dir={sweep_dir}", f"+logger_group={group}",
+           *([f"+logger_preset={preset}"] if preset else [])]
     print("refedit.compare: training", ", ".join(methods), flush=True)
     log.info("running %s", " ".join(cmd))
     done = subprocess.run(cmd)
@@ -95,7 +98,8 @@ def compare(cfg: DictConfig) -> Path:
     ckpts = {m: str(p) for m, p in (cfg.checkpoints or {}).items()}
     to_train = [m for m in methods if m not in ckpts]
     if to_train:
-        ckpts.update(train_all(to_train, list(cfg.preset.train_overrides), out / "train", group))
+        ckpts.update(train_all(to_train, list(cfg.preset.train_overrides), out / "train", group,
+                               preset=cfg.preset.name))
     t_trained = time.time()
     bcfg = BenchmarkConfig(**OmegaConf.to_container(cfg.preset.benchmark, resolve=True))
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -111,7 +115,8 @@ def compare(cfg: DictConfig) -> Path:
     header["total minutes"] = round((time.time() - t_start) / 60, 1)
     (out / "timing.json").write_text(json.dumps({k: header[k] for k in ("train minutes", "total minutes")}))
     if cfg.wandb:
-        _log_wandb(out, group, summary)
+        backbones = sorted({str(m.backbone_cfg.get("name")) for m in models.values() if m is not None})
+        _log_wandb(out, group, summary, tags=[f"preset:{cfg.preset.name}", *(f"backbone:{b}" for b in backbones)])
     from refedit.eval.report import print_table
 
     print(print_table(summary))
@@ -127,14 +132,13 @@ def _device_name() -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def _log_wandb(out: Path, group: str, summary: list[dict[str, Any]]) -> None:
-    import os
-
+def _log_wandb(out: Path, group: str, summary: list[dict[str, Any]], tags: list[str]) -> None:
     import wandb
 
-    offline = os.environ.get("REFEDIT_WANDB_OFFLINE", "true").lower() != "false"
-    run = wandb.init(project="refedit", group=group, name="comparison", dir=str(out),
-                     mode="offline" if offline else "online", reinit=True)
+    from refedit.utils.tracking import wandb_offline
+
+    run = wandb.init(project="refedit", group=group, name="comparison", job_type="compare", tags=tags,
+                     dir=str(out), mode="offline" if wandb_offline() else "online", reinit=True)
     try:
         from refedit.eval.report import log_to_wandb
 

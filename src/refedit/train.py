@@ -51,6 +51,24 @@ def _slurm_requeue_checkpoint(output_dir: Path) -> str | None:
     return str(found[-1]) if found else None
 
 
+#: trainer config keys refedit reads itself (never passed to lightning's Trainer): `skip_nonfinite` is handed to the
+#: method, whose training step skips non-finite losses
+TRAINER_OWN_KEYS = ("skip_nonfinite",)
+
+
+def trainer_arguments(trainer_cfg: DictConfig) -> dict:
+    """The `trainer` config as lightning.Trainer's arguments; a key the Trainer does not take is an error."""
+    from hydra.utils import get_class
+
+    from refedit.utils.config import check_known_keys, named_parameters
+
+    d = {k: v for k, v in to_dict(trainer_cfg).items() if k not in TRAINER_OWN_KEYS}
+    target = d.get("_target_", "lightning.pytorch.Trainer")
+    known = named_parameters(get_class(target))
+    check_known_keys(d, known, "trainer", target, f", and refedit's own {list(TRAINER_OWN_KEYS)}")
+    return d
+
+
 class FinalCheckpoint(Checkpoint):
     """Writes final.ckpt when training ends, inside the training process(es): after `fit` returns, a ddp_spawn
     parent holds only the weights (no step, optimiser, EMA or RNG state), and every rank must join a save."""
@@ -64,8 +82,24 @@ class FinalCheckpoint(Checkpoint):
         self.written = True
 
 
-@task_wrapper
 def train(cfg: DictConfig) -> str:
+    """Train one method; returns its final checkpoint's path."""
+    return train_with_metrics(cfg)[0]
+
+
+def metric_value(metrics: dict[str, float], name: str | None) -> float | None:
+    """The value of `optimized_metric` (what a Hydra sweeper such as Optuna optimises), None when unset."""
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(f"optimized_metric={name}: not logged by this run (logged: {sorted(metrics)}); validation "
+                       f"logs val/loss every trainer.val_check_interval steps")
+    return metrics[name]
+
+
+@task_wrapper
+def train_with_metrics(cfg: DictConfig) -> tuple[str, dict[str, float]]:
+    """Train one method; returns its final checkpoint's path and the last logged metrics (`callback_metrics`)."""
     from hydra.utils import instantiate
     from lightning.pytorch.utilities.exceptions import SIGTERMException
     from omegaconf import open_dict
@@ -91,6 +125,11 @@ def train(cfg: DictConfig) -> str:
             with open_dict(cfg):
                 cfg.logger.wandb.id = run_id
                 cfg.logger.wandb.resume = "allow"
+    from refedit.utils.tracking import configure_wandb_node, hydra_choice
+
+    configure_wandb_node(cfg, str(cfg.method.get("name") or "train"),
+                         preset=cfg.get("logger_preset") or hydra_choice("experiment") or "none",
+                         backbone=hydra_choice("backbone") or cfg.backbone.get("name"))
     loggers = instantiate_dict(cfg.get("logger"))
     final = output_dir / "checkpoints" / "final.ckpt"
     final_cb = FinalCheckpoint(final)
@@ -99,13 +138,13 @@ def train(cfg: DictConfig) -> str:
         from lightning.pytorch.callbacks import LearningRateMonitor
 
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
-    trainer_cfg = {k: v for k, v in to_dict(cfg.trainer).items() if k != "skip_nonfinite"}
+    trainer_cfg = trainer_arguments(cfg.trainer)
     method_id = f"{type(model).__module__}.{type(model).__qualname__}"
     trainer: L.Trainer = instantiate(trainer_cfg, logger=loggers or False, callbacks=callbacks,
                                      plugins=[AtomicCheckpointIO(expect_method=method_id)], _convert_="all")
     composed = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
                 for k in cfg if k != "hydra"}
-    for lg in loggers:
+    for lg in loggers:  # the one hyperparameter record (methods save theirs with logger=False)
         lg.log_hyperparams(composed)
     started = time.time()
     try:
@@ -122,13 +161,16 @@ def train(cfg: DictConfig) -> str:
         trainer.save_checkpoint(final)
     log.info("checkpoint: %s", final)
     print(f"checkpoint: {final}", flush=True)
-    return str(final)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+    return str(final), metrics
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 @report_input_errors("refedit.train")
-def main(cfg: DictConfig) -> None:
-    train(cfg)
+def main(cfg: DictConfig) -> float | None:
+    """Returns the value of `optimized_metric` for sweepers that optimise (conf/hparams_search/)."""
+    _, metrics = train_with_metrics(cfg)
+    return metric_value(metrics, cfg.get("optimized_metric"))
 
 
 if __name__ == "__main__":

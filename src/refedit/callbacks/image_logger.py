@@ -14,6 +14,9 @@ log = logging.getLogger(__name__)
 
 
 class ImageLogger(L.Callback):
+    """Every rank samples (under FSDP or any sharded strategy a forward on one rank waits for the others' shards);
+    rank 0 alone writes the grid file and hands the media to the loggers."""
+
     def __init__(self, every_n_steps: int = 500, num_images: int = 4, num_steps: int = 20, seed: int = 0,
                  at_train_end: bool = True):
         self.every_n_steps = every_n_steps
@@ -24,7 +27,7 @@ class ImageLogger(L.Callback):
         self._batch = None
 
     def _fixed_batch(self, trainer: L.Trainer):
-        if self._batch is None:  # the same validation samples every time, so grids are comparable over training
+        if self._batch is None:  # the same validation samples every time (and on every rank), so grids compare
             dm = trainer.datamodule
             loader = dm.val_dataloader() if dm is not None and dm.val_set is not None else trainer.train_dataloader
             self._batch = next(iter(loader))
@@ -46,50 +49,47 @@ class ImageLogger(L.Callback):
             if ema is not None:
                 ema.swap_out(pl_module)
             pl_module.train(was_training)
-        step = trainer.global_step
-        for lg in trainer.loggers:
-            _log_to(lg, images, step)
-        out = Path(trainer.default_root_dir) / "images"
-        out.mkdir(parents=True, exist_ok=True)
+        if trainer.is_global_zero:
+            self._write(trainer, images)
+        return images
+
+    def _write(self, trainer: L.Trainer, images: dict[str, torch.Tensor]) -> None:
         from refedit.utils.images import save_image
 
+        step = trainer.global_step
+        for lg in trainer.loggers:
+            log_media(lg, images, step)
+        out = Path(trainer.default_root_dir) / "images"
+        out.mkdir(parents=True, exist_ok=True)
         save_image(images["grid"], out / f"grid_step{step:07d}.png")
-        return images
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
-        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and trainer.is_global_zero:
+        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0:
             self.log_now(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module):
-        if self.at_train_end and trainer.is_global_zero:
+        if self.at_train_end:
             self.log_now(trainer, pl_module)
 
 
-def _log_to(logger, images: dict[str, torch.Tensor], step: int) -> None:
+GRID_CAPTION = "source | mask | condition | result | target"
+
+
+def log_media(logger, images: dict[str, torch.Tensor], step: int, prefix: str = "") -> None:
+    """A `log_images` dict (grid (3,H,W) in [0,1], optional clips (N,F,3,H,W)) to one logger: W&B through its
+    logger's `log_image` / `log_video` (clips as Pillow GIFs: raw frames would need moviepy + imageio in wandb),
+    TensorBoard through `add_image`; other loggers show no media."""
     from lightning.pytorch.loggers import WandbLogger
 
     if isinstance(logger, WandbLogger):
-        import wandb
+        from refedit.utils.video import gif_bytes
 
-        payload = {"images/grid": wandb.Image(images["grid"].permute(1, 2, 0).numpy(),
-                                              caption="source | mask | condition | result | target")}
-        if "video" in images:  # GIF bytes encoded with Pillow: raw frames would need moviepy + imageio in wandb
-            for i, clip in enumerate(images["video"][:2]):
-                payload[f"videos/sample{i}"] = wandb.Video(_gif_bytes(clip, fps=4), format="gif")
-        logger.experiment.log({**payload, "trainer/global_step": step})
+        logger.log_image(f"{prefix}images/grid", [images["grid"].permute(1, 2, 0).float().cpu().numpy()], step=step,
+                         caption=[GRID_CAPTION])
+        if "video" in images:
+            clips = list(images["video"][:2])
+            logger.log_video(f"{prefix}videos/samples", [gif_bytes(c, fps=4) for c in clips], step=step,
+                             format=["gif"] * len(clips))
     elif hasattr(logger, "experiment") and hasattr(logger.experiment, "add_image"):
-        logger.experiment.add_image("images/grid", images["grid"], step)
-
-
-def _gif_bytes(clip: torch.Tensor, fps: int = 4):
-    """(F,3,H,W) in [0,1] -> an in-memory looping GIF."""
-    import io
-
-    from PIL import Image
-
-    frames = [Image.fromarray(f) for f in (clip.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()]
-    buf = io.BytesIO()
-    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
-    buf.seek(0)
-    return buf
+        logger.experiment.add_image(f"{prefix}images/grid", images["grid"], step)

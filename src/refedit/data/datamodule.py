@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from refedit.batch import collate_edit
@@ -40,6 +41,28 @@ class TransformedDataset(Dataset):
         return self.transform(self.dataset[index])
 
 
+def set_dataset_epoch(dataset: Any, epoch: int) -> None:
+    """Pass the epoch to every dataset under `dataset` that draws per epoch (`RobustDataset.set_epoch`: masks,
+    crops, augmentations), through the wrappers refedit and torch put around it (`TransformedDataset`,
+    `SkipBadSamples`, `Subset`: `.dataset`; `ConcatDataset`: `.datasets`)."""
+    fn = getattr(dataset, "set_epoch", None)
+    if callable(fn):
+        fn(int(epoch))
+        return
+    inner = getattr(dataset, "datasets", None) or [getattr(dataset, "dataset", None)]
+    for ds in inner:
+        if ds is not None:
+            set_dataset_epoch(ds, epoch)
+
+
+def has_epoch_draws(dataset: Any) -> bool:
+    """Whether some dataset under `dataset` varies its draws with the epoch (see `set_dataset_epoch`)."""
+    if callable(getattr(dataset, "set_epoch", None)):
+        return True
+    inner = getattr(dataset, "datasets", None) or [getattr(dataset, "dataset", None)]
+    return any(ds is not None and has_epoch_draws(ds) for ds in inner)
+
+
 class ResumableSampler(DistributedSampler):
     """Shuffled training order that a resumed run continues exactly.
 
@@ -47,13 +70,19 @@ class ResumableSampler(DistributedSampler):
     epoch's order and skips the samples already trained on (a plain shuffled DataLoader restarts its epoch
     with a new order: Lightning restores the step counter, not the loader's position). Being a
     DistributedSampler, Lightning keeps it under DDP (each rank takes its slice of the same permutation) and
-    calls `set_epoch` on it.
+    calls `set_epoch` on it before each epoch's loader iterator (and its workers) is created; the sampler passes
+    the epoch on to the dataset, so per-epoch draws (masks, augmentations) differ between epochs and a resumed
+    epoch draws what the uninterrupted one did.
     """
 
     def __init__(self, dataset: Dataset, *, num_replicas: int = 1, rank: int = 0, seed: int = 0):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed,
                          drop_last=False)
         self._resume: tuple[int, int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        set_dataset_epoch(self.dataset, epoch)
 
     def resume_at(self, epoch: int, skip: int) -> None:
         """Start at epoch `epoch`, leaving out the first `skip` samples of this rank's slice."""
@@ -72,14 +101,17 @@ class ResumableSampler(DistributedSampler):
 
 class EditDataModule(L.LightningDataModule):
     """`sample_transform`: a picklable per-sample function run by the data workers on every training and
-    validation sample (a method's `data_transform()`, e.g. Magic Fixup's hole filling; see `build_datamodule`)."""
+    validation sample (a method's `data_transform()`, e.g. Magic Fixup's hole filling; see `build_datamodule`).
+    `task`: the sample kind the method trains on (datasets read it as `${data.task}`)."""
 
     def __init__(self, train_dataset: Mapping[str, Any] | Dataset | None = None,
                  val_dataset: Mapping[str, Any] | Dataset | None = None, batch_size: int = 8,
                  val_batch_size: int | None = None, num_workers: int = 0, pin_memory: bool = False,
                  persistent_workers: bool = False, on_error: str = "skip", seed: int | None = None,
-                 sample_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None, **_: Any):
+                 sample_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 task: str | None = None):
         super().__init__()
+        self.task = task
         self.sample_transform = sample_transform
         if on_error not in ("skip", "raise"):
             raise ValueError(f"data.on_error must be 'skip' or 'raise', got {on_error!r}")
@@ -124,6 +156,9 @@ class EditDataModule(L.LightningDataModule):
                     epoch, skip = epoch + 1, 0
                 sampler.resume_at(epoch, skip)
                 self._resume = None
+            if self.persistent_workers and has_epoch_draws(ds):
+                log.warning("data.persistent_workers=true: the workers keep their copy of the dataset, so its "
+                            "per-epoch draws (masks, augmentations) repeat every epoch; set it to false")
         # own generator: creating an iterator (workers' base seed) does not draw from the global RNG,
         # so the training noise stream is the same with and without a resume
         return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
@@ -157,14 +192,58 @@ class EditDataModule(L.LightningDataModule):
         return [] if self.val_set is None else self._loader(self.val_set, self.val_batch_size, shuffle=False)
 
 
-def build_datamodule(data_cfg: Any, method: Any = None) -> EditDataModule:
-    """The `data` config's DataModule; a method's `data_transform()` (if any) becomes its per-sample transform."""
-    from hydra.utils import instantiate
+def build_datamodule(data_cfg: Any, method: Any = None) -> L.LightningDataModule:
+    """The `data` config's DataModule; a method's `data_transform()` (if any) becomes its per-sample transform.
 
-    dm = instantiate(data_cfg, _recursive_=False, _convert_="all")
-    # set after instantiation: Hydra would turn a dataclass transform passed as an argument into a dict
+    A data config holds the DataModule's arguments and its own variables: keys its datasets (or any other
+    config) read as `${data.<key>}` (`size`, `root`, `frames`, ...). Any other key is a mistyped option and an
+    error naming it, the DataModule's arguments and those variables."""
+    from hydra.utils import get_class
+
+    from refedit.utils.config import check_known_keys, named_parameters
+
+    where = "data"
+    if OmegaConf.is_config(data_cfg):
+        where = data_cfg._get_full_key(None) or "data"
+        variables = interpolated_keys(data_cfg._get_root(), where)
+        values = OmegaConf.to_container(data_cfg, resolve=True, throw_on_missing=True)
+    else:
+        variables, values = set(), dict(data_cfg)
+    target = values.pop("_target_", None)
+    if not target:
+        raise ValueError(f"{where} has no _target_ (choose a data config, e.g. data=toyworld)")
+    cls = get_class(target)
+    args = named_parameters(cls)
+    note = f"; and the variables read as ${{{where}.<key>}}: {sorted(variables)}" if variables else ""
+    check_known_keys(values, args | variables, where, cls.__name__, note)
+    dm = cls(**{k: v for k, v in values.items() if k in args})
+    # set after instantiation: a dataclass transform in the config would be converted to a dict
     dm.sample_transform = method.data_transform() if method is not None else None
     return dm
+
+
+def interpolated_keys(cfg: Any, node: str) -> set[str]:
+    """The keys of `node` that interpolations anywhere in `cfg` read (`${data.size}`, `${oc.select:data.frames,8}`),
+    from the unresolved config."""
+    import re
+
+    pattern = re.compile(r"(?<![\w.])" + re.escape(node) + r"\.(\w+)")
+    found: set[str] = set()
+
+    def walk(v: Any) -> None:
+        if isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+        elif isinstance(v, str) and "${" in v:
+            found.update(pattern.findall(v))
+
+    tree = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else dict(cfg)
+    tree.pop("hydra", None)  # Hydra's own node (it records the overrides, not interpolations of data)
+    walk(tree)
+    return found
 
 
 def _init_args(cfg: Mapping[str, Any]) -> set[str]:

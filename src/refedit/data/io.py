@@ -2,15 +2,15 @@
 
 Readers return numpy arrays (uint8 RGB images, bool masks, float32 depth) and raise a
 :class:`~refedit.data.errors.DataError` naming the file when it is missing or cannot be decoded, so
-that the skip mechanism can count it. Conversions to the batch schema (float [-1, 1], masks {0, 1})
-live here too, so every loader produces the same tensors.
+that the skip mechanism can count it. Conversions to the batch schema (float [-1, 1], masks {0, 1}) are
+`refedit.utils.images`' (one convention for data loaders and user inputs), re-exported here.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 from refedit.data.errors import AnnotationError, CorruptFileError, MissingFileError
+from refedit.utils.images import binary_mask, image_to_tensor, mask_to_tensor  # noqa: F401 - the loaders' converters
+from refedit.utils.video import write_video  # noqa: F401 - the one encoder, for the loaders' tests and synthetic data
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v")
@@ -52,13 +54,9 @@ def _read_single_channel(path: PathLike) -> np.ndarray:
 
 
 def read_mask(path: PathLike) -> np.ndarray:
-    """Bool (H, W), True = edit. 8-bit masks use 255 = edit (threshold 127); 0/1 masks are accepted too."""
-    m = _read_single_channel(path)
-    if m.dtype == np.uint16:
-        return m > 32767
-    if m.dtype == np.bool_:
-        return m
-    return m > 0 if m.max() <= 1 else m > 127
+    """Bool (H, W), True = edit, by the one mask convention (`refedit.utils.images.binary_mask`: 8-bit masks
+    255 = edit, threshold 128; 16-bit 32768; 0/1 masks accepted too)."""
+    return binary_mask(_read_single_channel(path))
 
 
 def read_label_map(path: PathLike) -> np.ndarray:
@@ -132,32 +130,6 @@ def write_mask(path: PathLike, mask: np.ndarray) -> None:
         raise OSError(f"could not write {path}")
 
 
-def write_video(path: PathLike, frames: Iterable[np.ndarray], fps: float = 24.0, *, crf: int = 12,
-                codec: str = "libx264", gop: int = 12) -> None:
-    """Encode RGB uint8 frames with PyAV (H.264 yuv420p by default; even sizes required)."""
-    from fractions import Fraction
-
-    import av
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as c:
-        stream = None
-        for fr in frames:
-            if stream is None:
-                stream = c.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-                stream.height, stream.width = fr.shape[:2]
-                stream.pix_fmt = "yuv420p"
-                if codec == "libx264":
-                    stream.options = {"crf": str(crf), "preset": "veryfast", "g": str(gop)}
-                elif codec.startswith("libvpx"):
-                    stream.options = {"crf": str(crf), "b:v": "0", "g": str(gop)}
-            for pkt in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(fr), format="rgb24")):
-                c.mux(pkt)
-        if stream is not None:
-            for pkt in stream.encode():
-                c.mux(pkt)
-
-
 def find_with_stem(folder: Path, stems: Sequence[str], exts: Sequence[str] = IMAGE_EXTS) -> Path | None:
     """First existing ``folder/<stem><ext>``, trying stems in order (e.g. the authors' and plain names)."""
     for stem in stems:
@@ -175,21 +147,10 @@ def list_files(folder: Path, exts: Sequence[str]) -> list[Path]:
 # ---------------------------------------------------------------------------------------- tensors
 
 
-def image_to_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W, 3) -> float32 (3, H, W) in [-1, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
-    return t.div_(127.5).sub_(1.0)
-
-
 def video_to_tensor(frames: np.ndarray) -> torch.Tensor:
     """uint8 (F, H, W, 3) -> float32 (F, 3, H, W) in [-1, 1]."""
     t = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
     return t.div_(127.5).sub_(1.0)
-
-
-def mask_to_tensor(mask: np.ndarray) -> torch.Tensor:
-    """bool/0-1 (H, W) -> float32 (1, H, W) in {0, 1}."""
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(mask) > 0)).float()[None]
 
 
 def depth_to_tensor(depth: np.ndarray) -> torch.Tensor:

@@ -14,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import cv2
 import kornia
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from refedit.data.transforms import sift_matches
 
 #: the keys every MimicBrush pair carries (one schema for video and pseudo pairs, so batches collate)
 PAIR_KEYS = ("source", "mask", "reference", "reference_mask", "target", "depth", "caption", "meta")
@@ -31,22 +32,6 @@ def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
         return image
     x = torch.as_tensor(image).detach().float().cpu()
     return ((x.permute(1, 2, 0).numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
-
-
-def sift_matches(source_uint8: np.ndarray, reference_uint8: np.ndarray, ratio: float = 0.75) -> np.ndarray:
-    """(K, 2) x/y of the source keypoints with a SIFT match in the reference (BFMatcher + Lowe's ratio
-    test)."""
-    sift = cv2.SIFT_create()
-    grey = (
-        cv2.cvtColor(np.ascontiguousarray(a), cv2.COLOR_RGB2GRAY) if a.ndim == 3 else a
-        for a in (source_uint8, reference_uint8)
-    )
-    (ka, da), (kb, db) = (sift.detectAndCompute(g, None) for g in grey)
-    if da is None or db is None or len(ka) < 1 or len(kb) < 2:
-        return np.zeros((0, 2), np.float32)
-    pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(da, db, k=2)
-    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance]
-    return np.array([ka[m.queryIdx].pt for m in good], dtype=np.float32).reshape(-1, 2)
 
 
 def sift_grid_mask(

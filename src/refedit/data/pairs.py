@@ -42,6 +42,7 @@ from refedit.data.transforms import (
     random_box_mask,
     random_square_window,
     resize,
+    sift_matches,
     square_pad,
 )
 from refedit.data.video import ReaderCache, VideoEntry, VideoFolder
@@ -289,16 +290,6 @@ class VideoFramePairs(_VideoDataset):
         self.keypoints, self.box_scale, self.with_depth = keypoints, tuple(box_scale), bool(with_depth)
         self.flow = flow if flow is not None else DISFlow()
 
-    def _matched_points(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        sift = cv2.SIFT_create(nfeatures=500)
-        ka, da = sift.detectAndCompute(cv2.cvtColor(a, cv2.COLOR_RGB2GRAY), None)
-        kb, db = sift.detectAndCompute(cv2.cvtColor(b, cv2.COLOR_RGB2GRAY), None)
-        if da is None or db is None or len(ka) < 2 or len(kb) < 2:
-            return np.zeros((0, 2), np.float32)
-        matches = cv2.BFMatcher(cv2.NORM_L2).knnMatch(da, db, k=2)
-        good = [m[0] for m in matches if len(m) == 2 and m[0].distance < 0.75 * m[1].distance]
-        return np.array([ka[m.queryIdx].pt for m in good], dtype=np.float32).reshape(-1, 2)
-
     def load(self, index: int) -> dict[str, Any]:
         entry = self.entry(index)
         rng = self.rng(index)
@@ -320,7 +311,7 @@ class VideoFramePairs(_VideoDataset):
         out: dict[str, Any] = {"source": image_to_tensor(src), "reference": image_to_tensor(ref)}
         out["target"] = out["source"].clone()
         if self.mask == "grid":
-            pts = self._matched_points(src, ref) if self.keypoints == "sift" else None
+            pts = sift_matches(src, ref, max_keypoints=500) if self.keypoints == "sift" else None
             out["mask"] = mask_to_tensor(grid_mask(src.shape[:2], rng, n_range=self.grid, p=self.p_other,
                                                    priority_points=pts, p_priority=self.p_matched))
         elif self.mask == "box":

@@ -232,6 +232,21 @@ def dilate(mask: np.ndarray, px: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------ edit masks
 
 
+def sift_matches(source_uint8: np.ndarray, reference_uint8: np.ndarray, ratio: float = 0.75,
+                 max_keypoints: int = 0) -> np.ndarray:
+    """(K, 2) x/y of the source keypoints with a SIFT match in the reference (BFMatcher + Lowe's ratio test):
+    the cells MimicBrush's grid mask favours. RGB or grey uint8; `max_keypoints` > 0 keeps the strongest only."""
+    sift = cv2.SIFT_create(nfeatures=int(max_keypoints))
+    grey = (cv2.cvtColor(np.ascontiguousarray(a), cv2.COLOR_RGB2GRAY) if a.ndim == 3 else a
+            for a in (source_uint8, reference_uint8))
+    (ka, da), (kb, db) = (sift.detectAndCompute(g, None) for g in grey)
+    if da is None or db is None or len(ka) < 1 or len(kb) < 2:  # a ratio test needs two reference candidates
+        return np.zeros((0, 2), np.float32)
+    pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(da, db, k=2)
+    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance]
+    return np.array([ka[m.queryIdx].pt for m in good], dtype=np.float32).reshape(-1, 2)
+
+
 def grid_mask(
     hw: tuple[int, int], rng: np.random.Generator, *, n_range: tuple[int, int] = (3, 10), p: float = 0.5,
     priority_points: np.ndarray | None = None, p_priority: float = 0.75, min_cells: int = 1,

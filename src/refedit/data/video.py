@@ -48,6 +48,7 @@ from refedit.data.io import (
     read_jsonl,
     read_label_map,
 )
+from refedit.utils.video import frame_to_rgb
 
 SIDECAR_KINDS = ("masks", "instances", "depth", "flow")
 OTHER_DIRS = ("captions", "meta", "frames")
@@ -67,23 +68,6 @@ def _scaled_hw(hw: tuple[int, int], shorter: int | None, longer: int | None) -> 
 # Readers a forked worker inherited from its parent: kept alive, never closed there (freeing FFmpeg state
 # owned by the parent's threads can deadlock the child).
 _INHERITED: list[Any] = []
-
-_BT601 = {0, 2, 5, 6}  # colorspace unspecified / BT.470BG / SMPTE 170M (FFmpeg AVColorSpace values)
-
-
-def _to_rgb(fr: Any, oh: int, ow: int) -> np.ndarray:
-    """RGB uint8 (oh, ow, 3). 8-bit 4:2:0 BT.601 limited-range frames (most SD/web video) are converted by
-    OpenCV, whose interpolated chroma is closer to the source than swscale's default (toyworld export,
-    64 px: mean abs error 1.7 vs 2.0 levels); everything else goes through swscale (single thread)."""
-    if (fr.format.name == "yuv420p" and int(getattr(fr, "colorspace", 2)) in _BT601
-            and int(getattr(fr, "color_range", 0)) in (0, 1) and fr.width % 2 == 0 and fr.height % 2 == 0):
-        rgb = cv2.cvtColor(fr.to_ndarray(format="yuv420p", threads=1), cv2.COLOR_YUV2RGB_I420)
-        if rgb.shape[:2] != (oh, ow):
-            interp = cv2.INTER_AREA if oh < rgb.shape[0] else cv2.INTER_LINEAR
-            rgb = cv2.resize(rgb, (ow, oh), interpolation=interp)
-        return rgb
-    return fr.to_ndarray(format="rgb24", width=ow, height=oh, interpolation="AREA", threads=1)
-
 
 class VideoReader:
     """Frames of one video file by time. Seeks to the keyframe before the first requested time and
@@ -208,7 +192,7 @@ class VideoReader:
                 fr = self._frame_at(self.start + t)
                 ft = float(fr.time) if fr.time is not None else self.start + t
                 idx[k] = int(round((ft - self.start) * self.fps))
-                out[k] = _to_rgb(fr, oh, ow)
+                out[k] = frame_to_rgb(fr, oh, ow)
         except av.FFmpegError as e:
             self._iter = None
             raise CorruptFileError(self.path, f"decoding failed: {e}") from e

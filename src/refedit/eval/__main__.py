@@ -62,11 +62,31 @@ def evaluate_checkpoint(cfg: DictConfig) -> Path:
               "benchmark": f"{bcfg.num_samples} samples per task (at most), {bcfg.num_steps} DDIM steps, seed "
                            f"{bcfg.seed}, {size} px", "features": cfg.features}
     summary = evaluate(models, bcfg, features, out, header, dataset=dataset)
+    log_eval_to_wandb(cfg, model, summary, out)
     from refedit.eval.report import print_table
 
     print(print_table(summary))
     print(f"\nreport: {out / 'report.md'}", flush=True)
     return out
+
+
+def log_eval_to_wandb(cfg: DictConfig, model, summary, out: Path) -> None:
+    """The summary table and the plots (sample grids, metric bars) in a W&B run of job_type eval (`logger=none`:
+    none), named after the checkpoint's method and this run's overrides."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from refedit.eval.report import log_to_wandb
+    from refedit.utils.run import instantiate_dict
+    from refedit.utils.tracking import configure_wandb_node
+
+    configure_wandb_node(cfg, model.name, preset=None, backbone=model.backbone_cfg.get("name"))
+    for lg in instantiate_dict(cfg.get("logger")):
+        lg.log_hyperparams({k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+                            for k, v in cfg.items() if k != "hydra"})
+        if isinstance(lg, WandbLogger):
+            lg.experiment  # noqa: B018 - starts the run log_to_wandb logs into
+            log_to_wandb(summary, {p.stem: p for p in sorted((out / "plots").glob("*.png"))}, group="eval")
+        lg.finalize("success")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")

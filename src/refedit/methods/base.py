@@ -55,7 +55,7 @@ class LatentEditModule(L.LightningModule):
                  name: str | None = None, task: str | None = None, smoke: Mapping[str, Any] | None = None,
                  **method_kwargs: Any):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # refedit.train logs the composed config once
         self.task = task  # the toyworld task it trains on (data.task follows it)
         # `smoke` is this method's budget under experiment=smoke (read by that preset, unused here)
         self.backbone_cfg = dict(backbone)

@@ -87,13 +87,27 @@ def read_image(path: str | os.PathLike, *, name: str, mode: str | None = "RGB") 
 
 
 def image_to_tensor(arr: np.ndarray) -> torch.Tensor:
-    """uint8 HWC -> float (3,H,W) in [-1,1]"""
-    return torch.from_numpy(arr.astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1).contiguous()
+    """uint8 (H,W,3) -> float32 (3,H,W) in [-1,1]: the batch schema's images, for data loaders and inputs alike."""
+    return torch.from_numpy(np.asarray(arr, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1).contiguous()
+
+
+def binary_mask(arr: np.ndarray) -> np.ndarray:
+    """The one mask convention, True = edit: bool as given; a mask whose values are all 0 / 1: nonzero; otherwise
+    the upper half of its range (uint8: >= 128, i.e. 255 = edit with JPEG noise tolerated; uint16: >= 32768;
+    float: >= 0.5)."""
+    m = np.asarray(arr)
+    if m.dtype == np.bool_:
+        return m
+    if m.size and m.max() <= 1 and m.min() >= 0 and np.issubdtype(m.dtype, np.integer):
+        return m > 0
+    if np.issubdtype(m.dtype, np.integer):
+        return m >= (np.iinfo(m.dtype).max // 2 + 1)
+    return m >= 0.5
 
 
 def mask_to_tensor(arr: np.ndarray) -> torch.Tensor:
-    """uint8 HW (255 = edit) -> float (1,H,W) in {0,1}"""
-    return torch.from_numpy((arr >= 128).astype(np.float32))[None]
+    """A mask (see `binary_mask`) -> float32 (1,H,W) in {0,1}."""
+    return torch.from_numpy(np.ascontiguousarray(binary_mask(arr), dtype=np.float32))[None]
 
 
 def read_depth(path: str | os.PathLike, *, name: str = "depth") -> torch.Tensor:
