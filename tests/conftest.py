@@ -68,6 +68,19 @@ def random_parts(tmp_path_factory) -> str:
     return str(save_random_foundations(tmp_path_factory.mktemp("parts"), unet=unet))
 
 
+@pytest.fixture(scope="session")
+def one_step_ckpt(random_parts, tmp_path_factory) -> str:
+    """A real sd_inpaint checkpoint (one training step on the random parts) for the entry-point tests."""
+    from refedit.train import train
+    from refedit.utils.config import compose
+
+    out = tmp_path_factory.mktemp("one_step_run")
+    cfg = compose("train", [f"backbone.root={random_parts}", "backbone.build_foundations=false",
+                            f"paths.output_dir={out}", "logger=none", "trainer.max_steps=1", "data.batch_size=2",
+                            "~callbacks.image_logger", "method.sampling.num_steps=2"])
+    return train(cfg)
+
+
 def tiny_backbone(pretrained: str, **overrides) -> dict:
     """The real conf/backbone/tiny.yaml composed with `backbone.root` pointing at saved parts."""
     from refedit.utils.config import compose, to_dict

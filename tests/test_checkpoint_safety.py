@@ -26,15 +26,8 @@ class _RunsCode:
 
 
 @pytest.fixture(scope="module")
-def ckpt(random_parts, tmp_path_factory):
-    from refedit.train import train
-    from refedit.utils.config import compose
-
-    out = tmp_path_factory.mktemp("run")
-    cfg = compose("train", [f"backbone.root={random_parts}", "backbone.build_foundations=false",
-                            f"paths.output_dir={out}", "logger=none", "trainer.max_steps=1", "data.batch_size=2",
-                            "~callbacks.image_logger", "method.sampling.num_steps=2"])
-    return train(cfg)
+def ckpt(one_step_ckpt):
+    return one_step_ckpt
 
 
 @pytest.fixture
