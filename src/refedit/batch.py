@@ -1,4 +1,4 @@
-"""The one batch schema shared by every data pipeline and every method (see DESIGN.md).
+"""The one batch schema shared by every data pipeline and every method.
 
 Pixel tensors are float in [-1, 1], channels first; masks are float {0, 1} with
 **1 = the region to edit** everywhere outside a method's own module.

@@ -1,4 +1,4 @@
-"""MimicBrush training pairs (spec: shared/specs/mimicbrush.md): video frame pairs mixed with pseudo pairs
+"""MimicBrush training pairs: video frame pairs mixed with pseudo pairs
 made from single images by strong augmentation (paper 70:30), every pair masked by the paper's SIFT grid.
 
 Masking: an N x N grid, N ~ U{n_range}; SIFT keypoints are matched between source and reference (Lowe's

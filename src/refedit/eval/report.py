@@ -26,7 +26,7 @@ ID_COLUMNS = ("method", "task", "sample_id")
 SUMMARY_COLUMNS = ("method", "task", "metric", "mean", "ci95", "n")
 TIME_METRIC = "seconds"
 # Direction by name fragment (first match wins); unknown metrics get no arrow and no "best" marking.
-_LOWER = ("fid", "kid", "fvd", "fd_", "lpips", "seconds", "time", "mem", "error", "loss")
+_LOWER = ("fid", "kid", "fvd", "fd_", "seconds", "time", "mem", "error", "loss")
 _HIGHER = ("psnr", "ssim", "identity", "clip", "dino", "score", "acc", "consistency")
 
 

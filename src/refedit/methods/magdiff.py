@@ -1,4 +1,4 @@
-"""MagDiff (Zhao et al., ECCV 2024): subject-driven video generation and editing (spec: shared/specs/magdiff.md).
+"""MagDiff (Zhao et al., ECCV 2024): subject-driven video generation and editing (arXiv 2311.17338).
 
 Inflation — choice (b), diffusers' motion modules: the shared SD-1.x U-Net becomes a `UNetMotionModel`
 (`UNetMotionModel.from_unet2d(unet, MotionAdapter(...))`): an AnimateDiff temporal transformer (self-attention

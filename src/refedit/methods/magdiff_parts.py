@@ -1,6 +1,6 @@
 """MagDiff's building blocks: U-Net inflation, Adaptive Prompts Alignment (APA) and High-Fidelity Alignment (HFA).
 
-Kept apart from `magdiff.py` so each part can be tested on its own (spec: shared/specs/magdiff.md).
+Kept apart from `magdiff.py` so each part can be tested on its own.
 
 * `inflate_unet` turns the shared 2-D SD-1.x U-Net into diffusers' `UNetMotionModel` (AnimateDiff motion modules:
   temporal self-attention with sinusoidal frame positions after every resnet / spatial transformer). diffusers

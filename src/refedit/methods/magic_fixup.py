@@ -1,4 +1,4 @@
-"""Magic Fixup (Alzayer et al., 2024): a coarse edit made realistic (spec: shared/specs/magic_fixup.md).
+"""Magic Fixup (Alzayer et al., 2024): a coarse edit made realistic (arXiv 2403.13044).
 
 Two U-Nets whose input is two latents and a mask (`synthesizer_layout`, `extractor_layout`: 4 + 4 + 1 with SD's VAE;
 conv_in widened, new channels zero-initialised), trained jointly:

@@ -1,5 +1,5 @@
 """MimicBrush (Chen et al., NeurIPS 2024): zero-shot image editing by reference imitation
-(spec: shared/specs/mimicbrush.md). No training code was ever released; this is the paper's recipe.
+(arXiv 2406.07547). No training code was ever released; this is the paper's recipe.
 
 Two U-Nets. The *imitative* U-Net denoises ``cat([noisy latent, mask 1, masked-image latent, depth feature])``
 (`imitative_layout`: 4 + 1 + 4 + 4 with SD's VAE, the depth feature as wide as the latent; masked pixels black

@@ -1,4 +1,4 @@
-"""Paint-by-Example (Yang et al., CVPR 2023): exemplar-based inpainting (spec: shared/specs/paint_by_example.md).
+"""Paint-by-Example (Yang et al., CVPR 2023): exemplar-based inpainting (arXiv 2211.13227).
 
 UNet input = cat([noisy latent, masked-image latent, mask 1]) in PbE's (and diffusers') order (`pbe_layout`:
 4 + 4 + 1 with SD's VAE), with PbE's mask convention inside this module: 1 = keep. Project batches use 1 = edit; `pbe_keep_mask` converts.

@@ -1,4 +1,4 @@
-"""Stable-Diffusion inpainting baseline, with an SDEdit mode (spec: shared/specs/sd_inpaint.md).
+"""Stable-Diffusion inpainting baseline, with an SDEdit mode.
 
 ``mode: inpaint``: UNet input = cat([noisy latent, mask 1, masked-image latent]) in diffusers' order
 (`refedit.backbone.latents.inpaint_layout`: 4 + 1 + 4 with SD's VAE); mask 1 = edit; the masked image is the source with the hole set to 0 (mid grey). Text conditioning with caption dropout

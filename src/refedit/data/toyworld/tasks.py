@@ -1,4 +1,4 @@
-"""Task builders: turn a seed's clip into one `EditBatch` sample (see refedit.batch and DESIGN.md).
+"""Task builders: turn a seed's clip into one `EditBatch` sample (see refedit.batch).
 
 Every sample is a dict of float32 tensors without a batch dim (images (3,H,W) in [-1,1], masks (1,H,W)
 in {0,1} with 1 = edit, `video` (F,3,H,W)), a `caption` str and a JSON-serialisable `meta` dict with at
