@@ -17,6 +17,9 @@ HOST = 127.0.0.1
 PORT = 7860
 
 PY := $(VENV)/bin/python
+comma := ,
+empty :=
+space := $(empty) $(empty)
 STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 export GOMP_SPINCOUNT ?= 10000
@@ -67,7 +70,7 @@ compare: $(STAMP) ## train + benchmark every method on toyworld: make compare [P
 	$(PY) -m refedit.compare preset=$(compare_preset) $(ARGS)
 
 demo: $(STAMP) ## web editor on http://$(HOST):$(PORT): make demo [CKPTS="<dir or ckpts>"] (default: latest compare run)
-	$(PY) -m refedit.demo $(if $(CKPTS),--ckpts $(CKPTS),) --host $(HOST) --port $(PORT) $(ARGS)
+	$(PY) -m refedit.demo $(if $(CKPTS),ckpts=$(subst $(space),$(comma),$(strip $(CKPTS))),) host=$(HOST) port=$(PORT) $(ARGS)
 
 sweep: $(STAMP) ## Hydra multirun: make sweep METHOD=sd_inpaint ARGS='method.optimizer.lr=1e-4,3e-4' (or ARGS='hparams_search=optuna')
 	$(PY) -m refedit.train -m method=$(METHOD) $(preset_arg) $(ARGS)

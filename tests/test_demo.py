@@ -254,7 +254,7 @@ def test_files_outside_the_app_and_oversized_uploads_are_refused(served, ckpts, 
             r = httpx.get(f"{url}{route}{target}", timeout=30)
             assert r.status_code in (403, 404), (route, target, r.status_code)
             assert b"root:" not in r.content and b"[project]" not in r.content
-    # an upload above --max-file-mb is refused by the server
+    # an upload above max_file_mb is refused by the server
     with open(files["big"], "rb") as f:
         r = httpx.post(f"{url}gradio_api/upload", files={"files": ("big.png", f, "image/png")}, timeout=60)
     assert r.status_code == 413, r.status_code

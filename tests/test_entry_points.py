@@ -118,3 +118,22 @@ def test_report_input_errors_unwraps_known_errors_and_keeps_bugs(capsys):
 
     with pytest.raises(KeyError):
         report_input_errors("prog")(bug)()
+
+
+@pytest.mark.parametrize(("args", "expect"), [
+    (["ckpts=/nonexistent/run"], ("ckpts=/nonexistent/run", "no such file")),
+    (["port=eighty"], ("port='eighty'", "integer")),
+    (["--ckpts", "x"], ("not key=value",)),
+    (["colour=red"], ("unknown option 'colour'",)),
+    (["task=paint"], ("task='paint'", "exemplar_inpaint")),
+])
+def test_demo_takes_key_value_options_and_reports_bad_ones_in_one_line(args, expect):
+    _assert_one_line(_run("refedit.demo", *args), "refedit-demo", *expect)
+
+
+def test_demo_options_parse_to_their_types():
+    from refedit.demo import parse_args
+
+    opts = parse_args(["ckpts=a.ckpt,b.ckpt", "port=7861", "max_file_mb=2.5", "task=coarse_edit"])
+    assert (opts.ckpts, opts.port, opts.max_file_mb, opts.task, opts.host) == \
+        ("a.ckpt,b.ckpt", 7861, 2.5, "coarse_edit", "127.0.0.1")

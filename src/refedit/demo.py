@@ -1,17 +1,17 @@
 """A local web editor: one edit with one or several checkpoints, results side by side.
 
-    refedit-demo [--ckpts CKPT_OR_DIR ...] [--host 127.0.0.1] [--port 7860] [--max-file-mb 10]
+    refedit-demo [ckpts=CKPT_OR_DIR[,...]] [host=127.0.0.1] [port=7860] [max_file_mb=10]
     make demo [CKPTS="a.ckpt b.ckpt" | CKPTS=<dir>] [HOST=127.0.0.1] [PORT=7860]
-    refedit-demo --screenshot out.png [--ckpts ...]   # headless chromium: toyworld example -> edit -> PNG
+    refedit-demo screenshot=out.png [ckpts=...]   # headless chromium: toyworld example -> edit -> PNG
 
-Without --ckpts it offers the checkpoints of the newest `make compare` run (logs/compare/runs/<newest>). A
+Without ckpts= it offers the checkpoints of the newest `make compare` run (logs/compare/runs/<newest>). A
 directory is searched for `final.ckpt` files (else any `*.ckpt`); a comparison run directory gives its methods'
 checkpoints. Every edit goes through `refedit.edit.edit_with_model`, the path `python -m refedit.edit` takes.
 
-Safe by default: binds 127.0.0.1 (another host only with --host, with a warning), never a share link, serves only
+Safe by default: binds 127.0.0.1 (another host only with host=, with a warning), never a share link, serves only
 its own results and gradio's upload cache (allowed_paths = its output folder), refuses uploads above
---max-file-mb (gradio's max_file_size; file inputs are checked again here, and must lie in gradio's upload folder)
-and images above --max-side pixels a side, and loads only the checkpoints named on its command line: the page
+max_file_mb (gradio's max_file_size; file inputs are checked again here, and must lie in gradio's upload folder)
+and images above max_side pixels a side, and loads only the checkpoints named on its command line: the page
 chooses among them by index, a request never names a file.
 
 Needs the `demo` extra (pip install 'refedit[demo]'); nothing else in refedit imports gradio.
@@ -19,7 +19,6 @@ Needs the `demo` extra (pip install 'refedit[demo]'); nothing else in refedit im
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
@@ -32,9 +31,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+
+from refedit.utils.cli import UsageError, parse_kv, report_input_errors
 
 log = logging.getLogger("refedit.demo")
 
@@ -139,10 +141,10 @@ def find_checkpoints(paths: Sequence[str | os.PathLike]) -> list[Path]:
                 found = list(run_checkpoints(p).values()) if (p / "train").is_dir() else []
                 found = [Path(f) for f in found] or sorted(p.rglob("final.ckpt")) or sorted(p.rglob("*.ckpt"))
                 if not found:
-                    raise FileNotFoundError(f"--ckpts {p}: no .ckpt file in this directory")
+                    raise FileNotFoundError(f"ckpts={p}: no .ckpt file in this directory")
                 out.extend(found)
             else:
-                raise FileNotFoundError(f"--ckpts {p}: no such file or directory")
+                raise FileNotFoundError(f"ckpts={p}: no such file or directory")
     unique: list[Path] = []
     for p in out:
         if p.resolve() not in {u.resolve() for u in unique}:
@@ -158,8 +160,8 @@ def default_checkpoints() -> list[Path]:
     root = project_root()
     run, ckpts = latest_run_checkpoints(root / "logs")
     if run is None:
-        raise FileNotFoundError(f"no --ckpts given and no `make compare` run with checkpoints under "
-                                f"{root / 'logs' / 'compare' / 'runs'}: run `make compare` or pass --ckpts")
+        raise FileNotFoundError(f"no ckpts= given and no `make compare` run with checkpoints under "
+                                f"{root / 'logs' / 'compare' / 'runs'}: run `make compare` or pass ckpts=")
     print(f"refedit-demo: checkpoints of the comparison run {run}", flush=True)
     return [Path(p) for p in ckpts.values()]
 
@@ -589,7 +591,7 @@ def build_app(engine: DemoEngine, task: str | None = None):
     infos = engine.infos
     tasks = engine.tasks
     if task is not None and task not in tasks:
-        raise ValueError(f"--task {task}: none of the checkpoints does it (their tasks: {', '.join(tasks)})")
+        raise ValueError(f"task={task}: none of the checkpoints does it (their tasks: {', '.join(tasks)})")
     task0 = task or infos[0].task
     chosen0 = [i.index for i in infos if i.task == task0]
     need0 = engine.needs([infos[i] for i in chosen0], task0)
@@ -852,31 +854,54 @@ def browser_edit(url: str, screenshot: str | os.PathLike, timeout: float = 300, 
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="refedit-demo", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpts", nargs="+", default=None, metavar="CKPT_OR_DIR",
-                   help="checkpoint files or directories (comma or space separated); default: the newest "
-                        "`make compare` run's")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--max-file-mb", type=float, default=10.0, help="largest upload accepted (MB)")
-    p.add_argument("--max-side", type=int, default=4096, help="largest image side accepted (pixels)")
-    p.add_argument("--screenshot", default=None, metavar="PNG",
-                   help="serve on a free localhost port, edit the toyworld example in headless chromium, save a "
-                        "screenshot of the page there and exit")
-    p.add_argument("--task", choices=list(TASKS), default=None,
-                   help="the task the page opens on, with all its checkpoints ticked (default: the first "
-                        "checkpoint's)")
-    p.add_argument("--example", type=int, default=0, help="with --screenshot: the benchmark sample to edit")
-    return p.parse_args(argv)
+_OPTIONS = {  # key=value options, as every refedit entry point takes them: (type, default, help)
+    "ckpts": (str, None, "checkpoint files or directories, comma separated; default: the newest `make compare` "
+                         "run's"),
+    "host": (str, "127.0.0.1", "address to bind (default 127.0.0.1: this machine only)"),
+    "port": (int, 7860, "port to serve on"),
+    "device": (str, None, "cuda or cpu (default: cuda when available)"),
+    "max_file_mb": (float, 10.0, "largest upload accepted (MB)"),
+    "max_side": (int, 4096, "largest image side accepted (pixels)"),
+    "screenshot": (str, None, "a PNG path: serve on a free localhost port, edit the toyworld example in headless "
+                              "chromium, save a screenshot of the page there and exit"),
+    "task": (str, None, f"the task the page opens on, with all its checkpoints ticked ({' | '.join(TASKS)}; "
+                        "default: the first checkpoint's)"),
+    "example": (int, 0, "with screenshot=: the benchmark sample to edit"),
+}
 
 
+def usage() -> str:
+    lines = [f"usage: refedit-demo [key=value ...]\n\n{__doc__.split(chr(10) * 2)[0]}\n\noptions:"]
+    lines += [f"  {k}=  {h} (default: {d})" for k, (_, d, h) in _OPTIONS.items()]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> SimpleNamespace:
+    """key=value options (the style of refedit.edit / refedit.export and Hydra's overrides)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(usage())
+        raise SystemExit(0)
+    given = parse_kv(argv, optional=tuple(_OPTIONS))
+    values: dict[str, Any] = {}
+    for key, (kind, default, _) in _OPTIONS.items():
+        if key not in given:
+            values[key] = default
+            continue
+        try:
+            values[key] = kind(given[key])
+        except ValueError:
+            raise UsageError(f"{key}={given[key]!r}: not a{'n integer' if kind is int else ' number'}") from None
+    if values["task"] is not None and values["task"] not in TASKS:
+        raise UsageError(f"task={values['task']!r}: one of {', '.join(TASKS)}")
+    return SimpleNamespace(**values)
+
+
+@report_input_errors("refedit-demo")
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        paths = find_checkpoints(args.ckpts) if args.ckpts else default_checkpoints()
+        paths = find_checkpoints([args.ckpts]) if args.ckpts else default_checkpoints()
         engine = DemoEngine(paths, device=args.device, max_side=args.max_side,
                             max_file_bytes=int(args.max_file_mb * 2**20))
     except (FileNotFoundError, ValueError, RuntimeError) as e:
