@@ -132,6 +132,26 @@ def test_log_to_wandb_uses_the_active_run(monkeypatch, tmp_path):
     assert isinstance(logged["compare/sample"], wandb.Image)
 
 
+def test_log_to_wandb_goes_through_a_lightning_logger_when_given(monkeypatch, tmp_path):
+    import wandb
+
+    calls = []
+
+    class _Logger:  # WandbLogger's media API
+        def log_table(self, key, columns, data):
+            calls.append(("table", key, list(columns), len(data)))
+
+        def log_image(self, key, images, caption):
+            calls.append(("image", key, len(images), caption))
+
+    monkeypatch.setattr(wandb, "run", None)  # no active run needed: the logger owns it
+    png = save_sample_grid([[torch.zeros(3, 8, 8)]], tmp_path / "g.png")
+    summary = summarize(_rows())
+    log_to_wandb(summary, {"grid": png}, group="eval", logger=_Logger())
+    assert calls == [("table", "eval/summary", list(SUMMARY_COLUMNS), len(summary)),
+                     ("image", "eval/grid", 1, ["grid"])]
+
+
 def test_to_uint8_image_ranges():
     from refedit.eval.report import to_uint8_image
 

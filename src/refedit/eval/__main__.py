@@ -84,8 +84,8 @@ def log_eval_to_wandb(cfg: DictConfig, model, summary, out: Path) -> None:
         lg.log_hyperparams({k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
                             for k, v in cfg.items() if k != "hydra"})
         if isinstance(lg, WandbLogger):
-            lg.experiment  # noqa: B018 - starts the run log_to_wandb logs into
-            log_to_wandb(summary, {p.stem: p for p in sorted((out / "plots").glob("*.png"))}, group="eval")
+            log_to_wandb(summary, {p.stem: p for p in sorted((out / "plots").glob("*.png"))}, group="eval",
+                         logger=lg)
         lg.finalize("success")
 
 

@@ -402,19 +402,25 @@ def write_report(rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike,
 
 # ---------------------------------------------------------------------------------------------- W&B
 def log_to_wandb(summary: Sequence[Mapping[str, Any]], images: Mapping[str, Any] | None = None,
-                 group: str = "compare") -> dict[str, Any]:
-    """Log the summary as a wandb.Table and `images` (name -> PNG path, tensor, array or PIL image) as
-    wandb.Image under `group/` in the active run (this never calls wandb.init). Returns what was logged."""
+                 group: str = "compare", logger: Any = None) -> dict[str, Any]:
+    """Log the summary as a table and `images` (name -> PNG path, tensor, array or PIL image) under `group/`:
+    through a Lightning `WandbLogger`'s `log_table` / `log_image` when one is given, else into the active
+    wandb run (this never calls wandb.init). Returns what was logged (key -> wandb.Table / wandb.Image)."""
     import wandb
 
-    if wandb.run is None:
+    if logger is None and wandb.run is None:
         raise RuntimeError("log_to_wandb needs an active W&B run (wandb.init / the wandb logger); "
                            "none is active")
-    table = wandb.Table(columns=list(SUMMARY_COLUMNS),
-                        data=[[s[k] for k in SUMMARY_COLUMNS] for s in summary])
-    payload: dict[str, Any] = {f"{group}/summary": table}
-    for name, img in (images or {}).items():
-        src = str(img) if isinstance(img, (str, os.PathLike)) else to_uint8_image(img)
-        payload[f"{group}/{name}"] = wandb.Image(src, caption=name)
-    wandb.run.log(payload)
+    columns = list(SUMMARY_COLUMNS)
+    rows = [[s[k] for k in SUMMARY_COLUMNS] for s in summary]
+    named = {name: str(img) if isinstance(img, (str, os.PathLike)) else to_uint8_image(img)
+             for name, img in (images or {}).items()}
+    if logger is not None:
+        logger.log_table(f"{group}/summary", columns=columns, data=rows)
+        for name, img in named.items():
+            logger.log_image(f"{group}/{name}", images=[img], caption=[name])
+    payload: dict[str, Any] = {f"{group}/summary": wandb.Table(columns=columns, data=rows)}
+    payload.update({f"{group}/{name}": wandb.Image(img, caption=name) for name, img in named.items()})
+    if logger is None:
+        wandb.run.log(payload)
     return payload
