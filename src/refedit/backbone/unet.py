@@ -97,10 +97,6 @@ def transformer_blocks(unet: torch.nn.Module) -> list[tuple[str, torch.nn.Module
     return sorted(blocks, key=lambda nm: stage.get(nm[0].split(".")[0], 3))  # stable: order within a stage kept
 
 
-def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
 def probe_latent(config: Mapping[str, Any], device: str | torch.device = "cpu") -> torch.Tensor:
     """The smallest input a U-Net of `config` takes (one latent pixel per down-sampling step, zeros): for
     autograd probes of which parameters an output depends on."""

@@ -163,10 +163,3 @@ def endpoint_error(flow: np.ndarray, flow_gt: np.ndarray, mask: np.ndarray | Non
     """Per-pixel end-point error, restricted to ``mask`` (1-D array) when given."""
     epe = flow_magnitude(flow - flow_gt)
     return epe[mask.astype(bool)] if mask is not None else epe.ravel()
-
-
-def forward_backward_consistency(f01: np.ndarray, f10: np.ndarray, tol: float = 1.0,
-                                 rel: float = 0.05) -> np.ndarray:
-    """True where the backward flow brings a pixel back within ``tol + rel * |flow|`` (not occluded)."""
-    back, inside = compose_flows(f01, f10)
-    return inside & (flow_magnitude(back) <= tol + rel * flow_magnitude(f01))

@@ -42,18 +42,6 @@ def as_boxes(boxes: np.ndarray | Sequence[Sequence[float]] | None) -> Boxes | No
     return b
 
 
-def box_area(boxes: Boxes) -> np.ndarray:
-    b = as_boxes(boxes)
-    return np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-
-
-def clip_boxes(boxes: Boxes, hw: tuple[int, int]) -> Boxes:
-    b = as_boxes(boxes).copy()
-    b[:, 0::2] = b[:, 0::2].clip(0, hw[1])
-    b[:, 1::2] = b[:, 1::2].clip(0, hw[0])
-    return b
-
-
 def boxes_inside(boxes: Boxes, hw: tuple[int, int], tol: float = 1.0) -> np.ndarray:
     """Per box: non-empty and inside the image up to ``tol`` px (annotation rounding)."""
     b = as_boxes(boxes)
@@ -90,18 +78,6 @@ def resize(
         boxes = as_boxes(boxes) * np.array([hw[1] / w, hw[0] / h] * 2, dtype=np.float32)
     ms = None if masks is None else [_resize_mask(m, hw) for m in masks]
     return out, boxes, ms
-
-
-def resize_longer_side(image: np.ndarray, longer: int, **kw) -> tuple[np.ndarray, Boxes | None, list | None]:
-    h, w = image.shape[:2]
-    s = longer / max(h, w)
-    return resize(image, (max(1, round(h * s)), max(1, round(w * s))), **kw)
-
-
-def resize_shorter_side(image: np.ndarray, shorter: int, **kw) -> tuple[np.ndarray, Boxes | None, list | None]:
-    h, w = image.shape[:2]
-    s = shorter / min(h, w)
-    return resize(image, (max(1, round(h * s)), max(1, round(w * s))), **kw)
 
 
 def crop(
