@@ -8,6 +8,7 @@ import json
 import hydra
 from omegaconf import DictConfig
 
+from refedit.utils.cli import report_input_errors
 from refedit.utils.config import CONFIG_DIR
 
 
@@ -25,6 +26,7 @@ def summary(info: dict) -> str:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+@report_input_errors("refedit.foundations")
 def main(cfg: DictConfig) -> None:
     from refedit.foundations import ensure_foundations, foundations_info, stage1_config
 
