@@ -41,26 +41,27 @@ class TransformedDataset(Dataset):
         return self.transform(self.dataset[index])
 
 
-def set_dataset_epoch(dataset: Any, epoch: int) -> None:
-    """Pass the epoch to every dataset under `dataset` that draws per epoch (`RobustDataset.set_epoch`: masks,
-    crops, augmentations), through the wrappers refedit and torch put around it (`TransformedDataset`,
-    `SkipBadSamples`, `Subset`: `.dataset`; `ConcatDataset`: `.datasets`)."""
-    fn = getattr(dataset, "set_epoch", None)
-    if callable(fn):
-        fn(int(epoch))
+def _epoch_datasets(dataset: Any) -> Iterator[Any]:
+    """The datasets under `dataset` that draw per epoch (`RobustDataset.set_epoch`: masks, crops, augmentations),
+    found through the wrappers refedit and torch put around them (`TransformedDataset`, `SkipBadSamples`,
+    `Subset`: `.dataset`; `ConcatDataset`: `.datasets`)."""
+    if callable(getattr(dataset, "set_epoch", None)):
+        yield dataset
         return
-    inner = getattr(dataset, "datasets", None) or [getattr(dataset, "dataset", None)]
-    for ds in inner:
+    for ds in getattr(dataset, "datasets", None) or [getattr(dataset, "dataset", None)]:
         if ds is not None:
-            set_dataset_epoch(ds, epoch)
+            yield from _epoch_datasets(ds)
+
+
+def set_dataset_epoch(dataset: Any, epoch: int) -> None:
+    """Pass the epoch to every dataset under `dataset` that draws per epoch."""
+    for ds in _epoch_datasets(dataset):
+        ds.set_epoch(int(epoch))
 
 
 def has_epoch_draws(dataset: Any) -> bool:
-    """Whether some dataset under `dataset` varies its draws with the epoch (see `set_dataset_epoch`)."""
-    if callable(getattr(dataset, "set_epoch", None)):
-        return True
-    inner = getattr(dataset, "datasets", None) or [getattr(dataset, "dataset", None)]
-    return any(ds is not None and has_epoch_draws(ds) for ds in inner)
+    """Whether some dataset under `dataset` varies its draws with the epoch."""
+    return next(_epoch_datasets(dataset), None) is not None
 
 
 class ResumableSampler(DistributedSampler):

@@ -79,8 +79,10 @@ def run_name(base: str, overrides: Sequence[str] | None = None, swept: Sequence[
 
 def sweep_group(task_name: str) -> str | None:
     """A multirun's group: `<task>-<sweep dir name>` (e.g. train-2026-01-31_12-00-00), shared by its jobs."""
+    from hydra.types import RunMode
+
     hc = _hydra()
-    if swept_keys() is None or hc is None:
+    if hc is None or hc.mode != RunMode.MULTIRUN:
         return None
     return f"{task_name}-{Path(hc.sweep.dir).name}"
 
